@@ -1,0 +1,108 @@
+"""The Faust application built from settings: topics, tables, agents and web pages,
+declared in one place.
+
+Flow (see README): ``posts`` and ``objections`` are re-keyed by the ``user_id`` in
+their value onto one internal topic (murmur2, the worker's partition count), so a
+user's posts, objections and replay requests reach one gate agent, in order, on the
+partition that holds the user's consent state and live-post ledger.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+
+from .agents import Processor
+from .codec import Codec
+from .metrics import Metrics
+from .policy import Policy
+from .settings import Settings
+
+RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Enforcer:
+    """A configured worker: the Faust app and the parts the agents and pages use."""
+
+    app: faust.App
+    processor: Processor
+    metrics: Metrics
+
+
+def faust_settings(settings: Settings, replication_factor: int) -> dict[str, Any]:
+    """Faust configuration for the worker; every choice here is deliberate."""
+    return {
+        "broker": f"kafka://{settings.bootstrap_servers.replace(',', ';')}",
+        "store": "rocksdb://",
+        "datadir": str(settings.data_dir),
+        "topic_partitions": settings.partitions,
+        "topic_replication_factor": replication_factor,
+        "consumer_auto_offset_reset": "earliest",
+        "producer_acks": -1,
+        "producer_linger": 0.002,
+        "producer_max_batch_size": 256 * 1024,
+        "broker_commit_interval": 1.0,
+        "broker_max_poll_records": 2000,
+        "stream_buffer_maxsize": 8192,
+        "stream_wait_empty": True,
+        "table_standby_replicas": 0,
+        "web_enabled": True,
+        "web_bind": settings.web_host,
+        "web_host": settings.web_host,
+        "web_port": settings.web_port,
+        "web_tables_enabled": False,  # table data over HTTP without authentication: never
+        "web_router_enabled": False,
+        "web_stats_enabled": False,
+        "web_graph_enabled": False,
+        "web_metrics_enabled": False,
+        "worker_redirect_stdouts": False,
+        "processing_guarantee": "at_least_once",
+    }
+
+
+def build(settings: Settings, policy: Policy, codec: Codec, replication_factor: int = 1) -> Enforcer:
+    """Build the worker's Faust app."""
+    app = faust.App(settings.app_id, **faust_settings(settings, replication_factor))
+    n = settings.partitions
+    inputs = app.topic(settings.posts_topic, settings.objections_topic, **RAW)
+    user_events = app.topic(settings.user_events_topic, partitions=n, internal=True, **RAW)
+    table_options = {"partitions": n, "default": None, "schema": faust.Schema(**RAW)}
+    consent = app.Table("consent", help="Consent state per user (per platform).", **table_options)
+    ledger = app.Table("ledger", help="Live posts per user.", **table_options)
+    for table in (consent, ledger):  # Faust derives "json" from key_type=bytes otherwise
+        table.key_serializer = table.value_serializer = "raw"
+    metrics = Metrics()
+    processor = Processor(app, settings, policy, codec, consent, ledger, metrics)
+
+    # Events are acknowledged only once fully processed: Faust acks an event whose
+    # processing raised or was cancelled (at shutdown), which would commit past it.
+    async def rekey(stream: faust.StreamT) -> None:
+        async for event in stream.noack().events():
+            await processor.rekey(event.message)
+            event.ack()
+
+    async def gate(stream: faust.StreamT) -> None:
+        async for event in stream.noack().events():
+            await processor.gate(event.message)
+            event.ack()
+
+    app.agent(inputs, name="rekey")(rekey)
+    app.agent(user_events, name="gate")(gate)
+
+    @app.page("/ready")
+    async def ready(web: Any, request: Any) -> Any:
+        ok = processor.ready()
+        return web.json({"ready": ok}, status=200 if ok else 503)
+
+    @app.page("/metrics")
+    async def prometheus(web: Any, request: Any) -> Any:
+        return web.text(metrics.render(processor.ready()),
+                        content_type="text/plain; version=0.0.4")
+
+    return Enforcer(app, processor, metrics)

@@ -1,0 +1,236 @@
+"""Avro encoding of every record the enforcer reads or writes.
+
+Two wire forms, told apart by the first byte:
+
+* Avro single-object encoding: ``C3 01``, the 8-byte little-endian CRC-64-AVRO
+  fingerprint of the writer schema's Parsing Canonical Form, then the datum.
+* Confluent wire format: ``00``, a 4-byte big-endian schema id, then the datum
+  (only resolvable when a schema registry is configured).
+
+Every schema version under ``schemas/`` (and ``schemas/history/``) is parsed once at
+start; writers are resolved by fingerprint from a dictionary and read into the
+current reader schema of the same name. No Kafka here.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fastavro
+from fastavro.schema import to_parsing_canonical_form
+
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
+SINGLE_OBJECT_MAGIC = b"\xc3\x01"
+CONFLUENT_MAGIC = 0
+
+POST = "Post"
+OBJECTION = "ObjectionEvent"
+TRAINING_RECORD = "TrainingRecord"
+RETRACTION = "Retraction"
+DECISION = "Decision"
+
+
+class DecodeError(ValueError):
+    """Bytes that cannot be read as a known record; the message is the DLQ reason."""
+
+
+_EMPTY = 0xC15D213AA4D7A795
+
+
+def _crc64_table() -> list[int]:
+    table = []
+    for i in range(256):
+        fp = i
+        for _ in range(8):
+            fp = (fp >> 1) ^ (_EMPTY & -(fp & 1))
+        table.append(fp)
+    return table
+
+
+_TABLE = _crc64_table()
+
+
+def crc64_avro(data: bytes) -> int:
+    """The Avro specification's 64-bit Rabin fingerprint (CRC-64-AVRO)."""
+    fp = _EMPTY
+    for byte in data:
+        fp = (fp >> 8) ^ _TABLE[(fp ^ byte) & 0xFF]
+    return fp
+
+
+def fingerprint(parsed_schema: Mapping[str, Any]) -> bytes:
+    """The 8-byte little-endian CRC-64-AVRO fingerprint of a schema's canonical form."""
+    canonical = to_parsing_canonical_form(parsed_schema)
+    return struct.pack("<Q", crc64_avro(canonical.encode("utf-8")))
+
+
+def _without_logical_types(node: Any) -> Any:
+    """The schema with ``logicalType`` dropped: timestamps stay epoch-millis ints.
+
+    Parsing Canonical Form ignores logical types, so fingerprints do not change.
+    """
+    if isinstance(node, dict):
+        return {k: _without_logical_types(v) for k, v in node.items() if k != "logicalType"}
+    if isinstance(node, list):
+        return [_without_logical_types(v) for v in node]
+    return node
+
+
+def _short_name(full_name: str) -> str:
+    return full_name.rsplit(".", 1)[-1]
+
+
+@dataclass(frozen=True)
+class SchemaVersion:
+    """One parsed schema version, as read from ``schemas/``."""
+
+    name: str
+    parsed: dict[str, Any]
+    fingerprint: bytes
+    source: str
+    text: str = ""
+
+
+def load_schemas(directory: Path = SCHEMA_DIR) -> tuple[dict[str, SchemaVersion], list[SchemaVersion]]:
+    """Parse every ``*.avsc``: current versions (top level) and all versions (with history)."""
+    current: dict[str, SchemaVersion] = {}
+    every: list[SchemaVersion] = []
+    files = sorted(directory.glob("*.avsc")) + sorted(directory.glob("history/*.avsc"))
+    for path in files:
+        text = path.read_text()
+        parsed = fastavro.parse_schema(_without_logical_types(json.loads(text)))
+        name = _short_name(parsed["name"])
+        version = SchemaVersion(name, parsed, fingerprint(parsed), path.name, text)
+        every.append(version)
+        if path.parent == directory:
+            current[version.name] = version
+    return current, every
+
+
+class Codec:
+    """Encodes and decodes the enforcer's records in either wire form.
+
+    ``registry`` is an optional ``confluent_kafka.schema_registry.SchemaRegistryClient``;
+    with it, ``encode`` writes the Confluent wire format (registering the schema under
+    ``<topic>-value``), and ids in incoming records are resolved through it.
+    """
+
+    def __init__(self, registry: Any | None = None, directory: Path = SCHEMA_DIR) -> None:
+        self.current, self.versions = load_schemas(directory)
+        self._by_fingerprint: dict[bytes, SchemaVersion] = {v.fingerprint: v for v in self.versions}
+        self._registry = registry
+        self._ids_by_subject: dict[tuple[str, str], int] = {}
+        self._versions_by_id: dict[int, SchemaVersion] = {}
+        self._prefix = {name: SINGLE_OBJECT_MAGIC + v.fingerprint for name, v in self.current.items()}
+
+    @property
+    def uses_registry(self) -> bool:
+        """True when records are written in the Confluent wire format."""
+        return self._registry is not None
+
+    def schema(self, name: str) -> dict[str, Any]:
+        """The current parsed schema of a record name."""
+        return self.current[name].parsed
+
+    # -- writing -------------------------------------------------------------------
+    def encode(self, name: str, datum: Mapping[str, Any], topic: str | None = None) -> bytes:
+        """Serialize ``datum`` with the current schema ``name``."""
+        buf = io.BytesIO()
+        if self._registry is not None:
+            buf.write(struct.pack(">bI", CONFLUENT_MAGIC, self._schema_id(name, topic or name)))
+        else:
+            buf.write(self._prefix[name])
+        fastavro.schemaless_writer(buf, self.current[name].parsed, datum)
+        return buf.getvalue()
+
+    def encode_with(self, version: SchemaVersion, datum: Mapping[str, Any]) -> bytes:
+        """Serialize with an explicit (possibly older) schema version, single-object form."""
+        buf = io.BytesIO()
+        buf.write(SINGLE_OBJECT_MAGIC + version.fingerprint)
+        fastavro.schemaless_writer(buf, version.parsed, datum)
+        return buf.getvalue()
+
+    def _schema_id(self, name: str, topic: str) -> int:
+        subject = f"{topic}-value"
+        key = (subject, name)
+        schema_id = self._ids_by_subject.get(key)
+        if schema_id is None:
+            from confluent_kafka.schema_registry import Schema
+
+            schema = Schema(self.current[name].text, "AVRO")
+            schema_id = self._registry.register_schema(subject, schema)
+            self._ids_by_subject[key] = schema_id
+            self._versions_by_id[schema_id] = self.current[name]
+        return schema_id
+
+    # -- reading -------------------------------------------------------------------
+    def writer_of(self, data: bytes) -> tuple[SchemaVersion, int]:
+        """The writer schema of an encoded record and where its datum starts."""
+        if not data:
+            raise DecodeError("empty value")
+        first = data[0]
+        if first == 0xC3:
+            if len(data) < 10 or data[1] != 0x01:
+                raise DecodeError("truncated single-object header")
+            version = self._by_fingerprint.get(bytes(data[2:10]))
+            if version is None:
+                raise DecodeError(f"unknown schema fingerprint {bytes(data[2:10]).hex()}")
+            return version, 10
+        if first == CONFLUENT_MAGIC:
+            if len(data) < 5:
+                raise DecodeError("truncated Confluent wire-format header")
+            (schema_id,) = struct.unpack_from(">I", data, 1)
+            return self._version_for_id(schema_id), 5
+        raise DecodeError(f"not Avro: unknown magic byte 0x{first:02x}")
+
+    def _version_for_id(self, schema_id: int) -> SchemaVersion:
+        version = self._versions_by_id.get(schema_id)
+        if version is not None:
+            return version
+        if self._registry is None:
+            raise DecodeError(f"schema id {schema_id} but no schema registry is configured")
+        try:
+            registered = self._registry.get_schema(schema_id)
+        except Exception as exc:  # the registry client raises several types
+            raise DecodeError(f"unknown schema id {schema_id}: {exc}") from None
+        try:
+            raw = _without_logical_types(json.loads(registered.schema_str))
+            parsed = fastavro.parse_schema(raw)
+        except Exception as exc:
+            raise DecodeError(f"schema id {schema_id} is not a usable Avro schema: {exc}") from None
+        version = SchemaVersion(_short_name(parsed["name"]), parsed, fingerprint(parsed), f"id:{schema_id}")
+        self._versions_by_id[schema_id] = version
+        return version
+
+    def decode(self, data: bytes, expect: str | None = None) -> tuple[str, dict[str, Any]]:
+        """Read a record into the current reader schema; returns (record name, datum).
+
+        ``expect`` limits which record name is acceptable. Raises ``DecodeError``
+        with a human-readable reason for anything that is not a valid record.
+        """
+        version, start = self.writer_of(data)
+        if expect is not None and version.name != expect:
+            raise DecodeError(f"expected a {expect} record, got {version.name}")
+        reader = self.current.get(version.name)
+        if reader is None:
+            raise DecodeError(f"no reader schema for record {version.name}")
+        buf = io.BytesIO(data)
+        buf.seek(start)
+        try:
+            if reader.fingerprint == version.fingerprint:
+                datum = fastavro.schemaless_reader(buf, version.parsed, None)
+            else:
+                datum = fastavro.schemaless_reader(buf, version.parsed, reader.parsed)
+        except EOFError:
+            raise DecodeError(f"truncated {version.name} datum") from None
+        except Exception as exc:  # fastavro raises many types for corrupt data
+            raise DecodeError(f"corrupt {version.name} datum: {type(exc).__name__}: {exc}") from None
+        if buf.tell() != len(data):
+            raise DecodeError(f"{len(data) - buf.tell()} trailing bytes after the {version.name} datum")
+        return version.name, datum

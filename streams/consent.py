@@ -1,0 +1,92 @@
+"""Per-(user, platform) consent state and how objection events change it. No Kafka.
+
+A user's state holds, per platform and for "every platform" (``ALL``), the winning
+event so far. The winner is the event with the greatest ``(occurred_at, action,
+event_id)``: the latest ``occurred_at`` wins, and at equal times ``OBJECT`` beats
+``WITHDRAW`` (fail closed), then the larger ``event_id`` (so the result never depends
+on arrival order). A platform is objected when the greater of its own mark and the
+``ALL`` mark is an ``OBJECT``. Applying the same event twice changes nothing, and an
+``event_id`` already seen is ignored even if its content differs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+ALL = "*"
+SEEN_LIMIT = 64  # event ids remembered per user for de-duplication
+
+
+@dataclass(frozen=True, order=True)
+class Mark:
+    """The winning event for one slot; ordered by precedence."""
+
+    occurred_at: int
+    objected: bool
+    event_id: str
+
+
+@dataclass(frozen=True)
+class ConsentState:
+    """One user's consent state: winning marks by slot, and recently seen event ids."""
+
+    marks: Mapping[str, Mark] = field(default_factory=dict)
+    seen: tuple[str, ...] = ()
+
+    def objected(self, platform: str) -> bool:
+        """True when the user objects to training on ``platform``."""
+        own = self.marks.get(platform)
+        every = self.marks.get(ALL)
+        if own is None:
+            return every is not None and every.objected
+        if every is None or own > every:
+            return own.objected
+        return every.objected
+
+    def objected_platforms(self, platforms: Iterable[str]) -> frozenset[str]:
+        """The subset of ``platforms`` the user objects on."""
+        return frozenset(p for p in platforms if self.objected(p))
+
+
+EMPTY = ConsentState()
+
+
+def apply(state: ConsentState | None, event: Mapping[str, Any]) -> ConsentState:
+    """The state after an ``ObjectionEvent`` (a decoded record); pure."""
+    state = state or EMPTY
+    event_id = event["event_id"]
+    if event_id in state.seen:
+        return state
+    slot = event.get("platform") or ALL
+    mark = Mark(int(event["occurred_at"]), event["action"] == "OBJECT", event_id)
+    marks = dict(state.marks)
+    current = marks.get(slot)
+    if current is None or mark > current:
+        marks[slot] = mark
+    every = marks.get(ALL)
+    if every is not None:  # platform marks older than the ALL mark no longer matter
+        for key in [k for k, m in marks.items() if k != ALL and m < every]:
+            del marks[key]
+    seen = (*state.seen, event_id)[-SEEN_LIMIT:]
+    return ConsentState(marks, seen)
+
+
+def encode_state(state: ConsentState) -> bytes:
+    """Compact bytes for the consent table."""
+    return json.dumps(
+        {"m": {k: [m.occurred_at, int(m.objected), m.event_id] for k, m in state.marks.items()},
+         "s": list(state.seen)},
+        separators=(",", ":"),
+    ).encode()
+
+
+def decode_state(data: bytes | None) -> ConsentState:
+    """Inverse of ``encode_state``; ``None`` is the empty state."""
+    if not data:
+        return EMPTY
+    raw = json.loads(data)
+    marks = {k: Mark(int(v[0]), bool(v[1]), str(v[2])) for k, v in raw["m"].items()}
+    return ConsentState(marks, tuple(raw["s"]))

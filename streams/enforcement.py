@@ -1,0 +1,149 @@
+"""The enforcement core: what to emit for a post, an objection event or a replay.
+
+Pure functions over decoded records, the user's consent state and the user's live
+posts (post id -> platform, as held by the ledger). They return ``Effects``: the
+records to write and the ledger changes; the Faust agents only carry them out. No Kafka.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .consent import ALL, ConsentState, apply
+from .policy import Outcome, Policy, Reason
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where the record that caused a decision was read (the original input)."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(slots=True)
+class Effects:
+    """Everything one input causes; applied in order: outputs first, then the ledger."""
+
+    publish: list[dict[str, Any]] = field(default_factory=list)  # TrainingRecord, key post_id
+    tombstones: list[str] = field(default_factory=list)  # post ids to retract
+    retractions: list[dict[str, Any]] = field(default_factory=list)  # Retraction, key user_id
+    decisions: list[dict[str, Any]] = field(default_factory=list)  # Decision, key post_id
+    ledger_add: dict[str, str] = field(default_factory=dict)  # post id -> platform
+    ledger_remove: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        """True when nothing is to be written."""
+        return not (self.publish or self.tombstones or self.retractions or self.decisions
+                    or self.ledger_add or self.ledger_remove)
+
+
+def _decision(post_id: str, user_id: str, outcome: Outcome, reason: Reason, policy: Policy,
+              now: int, source: Source, replay_id: str | None) -> dict[str, Any]:
+    return {
+        "post_id": post_id,
+        "user_id": user_id,
+        "outcome": outcome.value,
+        "reason": reason.value,
+        "policy_version": policy.version,
+        "decided_at": now,
+        "source_topic": source.topic,
+        "source_partition": source.partition,
+        "source_offset": source.offset,
+        "replay_id": replay_id,
+    }
+
+
+def training_record(post: Mapping[str, Any], policy: Policy, now: int) -> dict[str, Any]:
+    """The TrainingRecord published for an eligible post."""
+    return {
+        "post_id": post["post_id"],
+        "user_id": post["user_id"],
+        "platform": post["platform"],
+        "created_at": post["created_at"],
+        "text": post.get("text"),
+        "media_urls": post.get("media_urls") or [],
+        "policy_version": policy.version,
+        "decided_at": now,
+    }
+
+
+def _retraction(user_id: str, cause: str, platforms: set[str], post_ids: list[str],
+                now: int) -> dict[str, Any]:
+    return {
+        "user_id": user_id,
+        "objection_event_id": cause,
+        "platform": next(iter(platforms)) if len(platforms) == 1 else None,
+        "post_ids": post_ids,
+        "retracted_at": now,
+    }
+
+
+def _objection_cause(state: ConsentState, platform: str) -> str:
+    """The event id of the objection in force on ``platform``."""
+    marks = [m for m in (state.marks.get(platform), state.marks.get(ALL)) if m is not None]
+    return max(marks).event_id if marks else "unknown"
+
+
+def on_post(policy: Policy, post: Mapping[str, Any], state: ConsentState, live: bool, now: int,
+            source: Source, replay_id: str | None = None) -> Effects:
+    """Decide a post.
+
+    Live traffic (``replay_id`` None) always yields one decision: published if
+    eligible; blocked otherwise, or retracted when the post is live (a re-sent post
+    that is no longer eligible). A replay yields only differences from what is live.
+    """
+    post_id, user_id, platform = post["post_id"], post["user_id"], post["platform"]
+    reason = policy.reason(post, state.objected(platform))
+    fx = Effects()
+    if reason is Reason.ELIGIBLE:
+        if replay_id is not None and live:
+            return fx
+        fx.publish.append(training_record(post, policy, now))
+        fx.ledger_add[post_id] = platform
+        fx.decisions.append(_decision(post_id, user_id, Outcome.PUBLISHED, reason, policy, now,
+                                      source, replay_id))
+    elif live:
+        if reason is Reason.OBJECTED:
+            cause = _objection_cause(state, platform)
+        else:
+            cause = f"replay:{replay_id}" if replay_id is not None else f"post:{post_id}"
+        fx.tombstones.append(post_id)
+        fx.ledger_remove.append(post_id)
+        fx.retractions.append(_retraction(user_id, cause, {platform}, [post_id], now))
+        fx.decisions.append(_decision(post_id, user_id, Outcome.RETRACTED, reason, policy, now,
+                                      source, replay_id))
+    elif replay_id is None:
+        fx.decisions.append(_decision(post_id, user_id, Outcome.BLOCKED, reason, policy, now,
+                                      source, None))
+    return fx
+
+
+def on_objection(policy: Policy, state: ConsentState, event: Mapping[str, Any],
+                 live_posts: Mapping[str, str], now: int,
+                 source: Source) -> tuple[ConsentState, Effects]:
+    """Apply an objection event; retract every live post on a platform now objected.
+
+    The retraction is derived from the resulting state, not from the transition, so
+    re-processing an event after a crash retracts whatever is still live.
+    """
+    new_state = apply(state, event)
+    fx = Effects()
+    retract = sorted(pid for pid, plat in live_posts.items() if new_state.objected(plat))
+    if retract:
+        user_id = event["user_id"]
+        platforms = {live_posts[pid] for pid in retract}
+        if event.get("platform") is None:
+            platforms = set()  # the event covered every platform
+        fx.tombstones.extend(retract)
+        fx.ledger_remove.extend(retract)
+        fx.retractions.append(_retraction(user_id, event["event_id"], platforms, retract, now))
+        fx.decisions.extend(
+            _decision(pid, user_id, Outcome.RETRACTED, Reason.OBJECTED, policy, now, source, None)
+            for pid in retract
+        )
+    return new_state, fx

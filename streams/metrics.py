@@ -1,0 +1,64 @@
+"""Counters and a latency histogram, rendered in the Prometheus text format."""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """The worker's metrics; cheap to update from the agents."""
+
+    def __init__(self) -> None:
+        self.decisions: Counter[tuple[str, str]] = Counter()
+        self.dlq: Counter[str] = Counter()
+        self.retractions = 0
+        self.retracted_posts = 0
+        self.inputs: Counter[str] = Counter()
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+        self.latency_n = 0
+
+    def observe_latency(self, seconds: float) -> None:
+        """Record one decision latency (input timestamp to decision)."""
+        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
+        self.latency_n += 1
+
+    def render(self, ready: bool) -> str:
+        """The Prometheus text exposition of every metric."""
+        out = [
+            "# HELP enforcer_ready 1 when every assigned partition is recovered and consuming.",
+            "# TYPE enforcer_ready gauge",
+            f"enforcer_ready {int(ready)}",
+            "# HELP enforcer_decisions_total Decisions written, by outcome and reason.",
+            "# TYPE enforcer_decisions_total counter",
+        ]
+        for (outcome, reason), n in sorted(self.decisions.items()):
+            out.append(f'enforcer_decisions_total{{outcome="{outcome}",reason="{reason}"}} {n}')
+        out += ["# HELP enforcer_dlq_total Records sent to the dead-letter topic, by source topic.",
+                "# TYPE enforcer_dlq_total counter"]
+        for topic, n in sorted(self.dlq.items()):
+            out.append(f'enforcer_dlq_total{{source_topic="{topic}"}} {n}')
+        out += ["# HELP enforcer_inputs_total Input records read, by kind.",
+                "# TYPE enforcer_inputs_total counter"]
+        for kind, n in sorted(self.inputs.items()):
+            out.append(f'enforcer_inputs_total{{kind="{kind}"}} {n}')
+        out += ["# HELP enforcer_retractions_total Retraction records written.",
+                "# TYPE enforcer_retractions_total counter",
+                f"enforcer_retractions_total {self.retractions}",
+                "# HELP enforcer_retracted_posts_total Posts retracted from training-ingest.",
+                "# TYPE enforcer_retracted_posts_total counter",
+                f"enforcer_retracted_posts_total {self.retracted_posts}",
+                "# HELP enforcer_decision_latency_seconds Input record timestamp to decision.",
+                "# TYPE enforcer_decision_latency_seconds histogram"]
+        cumulative = 0
+        for bound, n in zip(LATENCY_BUCKETS, self.latency_counts, strict=False):
+            cumulative += n
+            out.append(f'enforcer_decision_latency_seconds_bucket{{le="{bound}"}} {cumulative}')
+        out.append(f'enforcer_decision_latency_seconds_bucket{{le="+Inf"}} {self.latency_n}')
+        out.append(f"enforcer_decision_latency_seconds_sum {self.latency_sum:.6f}")
+        out.append(f"enforcer_decision_latency_seconds_count {self.latency_n}")
+        return "\n".join(out) + "\n"

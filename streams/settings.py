@@ -1,0 +1,175 @@
+"""The enforcer's settings: command-line flags and environment variables, validated once.
+
+Every flag of the contract also reads an environment variable; a flag wins over the
+environment, the environment over the default. ``SettingsError`` carries a one-line
+reason for the operator. No Kafka here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+DEFAULT_APP_ID = "objection-enforcer"
+DEFAULT_PARTITIONS = 8
+DEFAULT_WEB_PORT = 6066
+
+TOPIC_FLAGS = {
+    # attribute: (flag, environment variable, default topic name)
+    "posts_topic": ("--posts-topic", "ENFORCER_POSTS_TOPIC", "posts"),
+    "objections_topic": ("--objections-topic", "ENFORCER_OBJECTIONS_TOPIC", "objections"),
+    "training_topic": ("--training-topic", "ENFORCER_TRAINING_TOPIC", "training-ingest"),
+    "retractions_topic": ("--retractions-topic", "ENFORCER_RETRACTIONS_TOPIC",
+                          "training-retractions"),
+    "decisions_topic": ("--decisions-topic", "ENFORCER_DECISIONS_TOPIC", "enforcer-decisions"),
+    "dlq_topic": ("--dlq-topic", "ENFORCER_DLQ_TOPIC", "enforcer-dlq"),
+}
+
+_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+
+
+class SettingsError(ValueError):
+    """Configuration that cannot work; the message is one line for the operator."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a worker, the topic tool or a replay needs to know."""
+
+    bootstrap_servers: str = DEFAULT_BOOTSTRAP
+    app_id: str = DEFAULT_APP_ID
+    data_dir: Path = field(default_factory=lambda: Path("./enforcer-data"))
+    policy_path: Path | None = None
+    web_host: str = "127.0.0.1"
+    web_port: int = DEFAULT_WEB_PORT
+    partitions: int = DEFAULT_PARTITIONS
+    replication_factor: int | None = None  # None: min(3, number of brokers)
+    schema_registry_url: str | None = None
+    posts_topic: str = "posts"
+    objections_topic: str = "objections"
+    training_topic: str = "training-ingest"
+    retractions_topic: str = "training-retractions"
+    decisions_topic: str = "enforcer-decisions"
+    dlq_topic: str = "enforcer-dlq"
+    log_level: str = "info"
+
+    # -- internal topics, named after the application id like Kafka Streams does --
+    @property
+    def user_events_topic(self) -> str:
+        """Posts, objections and replay requests re-keyed by user id (co-partitioned)."""
+        return f"{self.app_id}-user-events-repartition"
+
+    @property
+    def replay_results_topic(self) -> str:
+        """The worker's answers to replay requests, read by ``enforcer replay``."""
+        return f"{self.app_id}-replay-results"
+
+    def changelog_topic(self, table: str) -> str:
+        """Faust's changelog topic name for a table of this application."""
+        return f"{self.app_id}-{table}-changelog"
+
+    @property
+    def output_topics(self) -> list[str]:
+        """The topics the worker writes to."""
+        return [self.training_topic, self.retractions_topic, self.decisions_topic, self.dlq_topic]
+
+    @property
+    def input_topics(self) -> list[str]:
+        """The topics the worker reads from upstream."""
+        return [self.posts_topic, self.objections_topic]
+
+
+def _env_int(name: str) -> int | None:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The contract's common flags; defaults are resolved later by ``from_args``."""
+    g = parser.add_argument_group("common")
+    g.add_argument("--bootstrap-servers", help="Kafka bootstrap servers "
+                   f"[KAFKA_BOOTSTRAP_SERVERS, default {DEFAULT_BOOTSTRAP}]")
+    g.add_argument("--data-dir", help="directory for RocksDB state [ENFORCER_DATA_DIR]")
+    g.add_argument("--policy", help="policy TOML file [ENFORCER_POLICY, default: packaged]")
+    g.add_argument("--app-id", help=f"application id [ENFORCER_APP_ID, default {DEFAULT_APP_ID}]")
+    g.add_argument("--web-port", type=int, help="HTTP port for /ready and /metrics "
+                   f"[ENFORCER_WEB_PORT, default {DEFAULT_WEB_PORT}]")
+    g.add_argument("--web-host", help="HTTP bind address [ENFORCER_WEB_HOST, default 127.0.0.1]")
+    g.add_argument("--partitions", type=int, help="partitions of the internal topics and tables "
+                   f"[ENFORCER_PARTITIONS, default {DEFAULT_PARTITIONS}]")
+    g.add_argument("--replication-factor", type=int, help="replication factor of created "
+                   "topics [ENFORCER_REPLICATION_FACTOR, default min(3, brokers)]")
+    g.add_argument("--schema-registry-url", help="write the Confluent wire format through this "
+                   "registry [ENFORCER_SCHEMA_REGISTRY_URL]")
+    g.add_argument("--log-level", choices=["debug", "info", "warn", "error"],
+                   help="log level [ENFORCER_LOG_LEVEL, default info]")
+    for attr, (flag, env, default) in TOPIC_FLAGS.items():
+        g.add_argument(flag, dest=attr, help=f"[{env}, default {default}]")
+
+
+def from_args(args: argparse.Namespace) -> Settings:
+    """Resolve flags over environment over defaults, and validate."""
+    env = os.environ
+
+    def pick(value: object, env_name: str, default: object) -> object:
+        if value is not None:
+            return value
+        raw = env.get(env_name)
+        return raw if raw not in (None, "") else default
+
+    partitions = args.partitions if args.partitions is not None else _env_int("ENFORCER_PARTITIONS")
+    web_port = args.web_port if args.web_port is not None else _env_int("ENFORCER_WEB_PORT")
+    rf = (args.replication_factor if args.replication_factor is not None
+          else _env_int("ENFORCER_REPLICATION_FACTOR"))
+    app_id = str(pick(args.app_id, "ENFORCER_APP_ID", DEFAULT_APP_ID))
+    data_dir = pick(args.data_dir, "ENFORCER_DATA_DIR", None)
+    policy = pick(args.policy, "ENFORCER_POLICY", None)
+    topics = {attr: str(pick(getattr(args, attr), env_name, default))
+              for attr, (_, env_name, default) in TOPIC_FLAGS.items()}
+    settings = Settings(
+        bootstrap_servers=str(pick(args.bootstrap_servers, "KAFKA_BOOTSTRAP_SERVERS",
+                                   DEFAULT_BOOTSTRAP)),
+        app_id=app_id,
+        data_dir=Path(str(data_dir)) if data_dir else Path(f"./enforcer-data/{app_id}"),
+        policy_path=Path(str(policy)) if policy else None,
+        web_host=str(pick(args.web_host, "ENFORCER_WEB_HOST", "127.0.0.1")),
+        web_port=DEFAULT_WEB_PORT if web_port is None else web_port,
+        partitions=DEFAULT_PARTITIONS if partitions is None else partitions,
+        replication_factor=rf,
+        schema_registry_url=pick(args.schema_registry_url, "ENFORCER_SCHEMA_REGISTRY_URL", None),
+        log_level=str(pick(args.log_level, "ENFORCER_LOG_LEVEL", "info")),
+        **topics,
+    )
+    validate(settings)
+    return settings
+
+
+def validate(s: Settings) -> None:
+    """Raise ``SettingsError`` for anything that cannot work."""
+    if not s.bootstrap_servers.strip():
+        raise SettingsError("--bootstrap-servers is empty")
+    if not 1 <= s.partitions <= 1024:
+        raise SettingsError(f"--partitions must be between 1 and 1024, got {s.partitions}")
+    if not 0 <= s.web_port <= 65535:
+        raise SettingsError(f"--web-port must be between 0 and 65535, got {s.web_port}")
+    if s.replication_factor is not None and s.replication_factor < 1:
+        raise SettingsError("--replication-factor must be at least 1")
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", s.app_id):
+        raise SettingsError(f"--app-id may use letters, digits, '.', '_' and '-': {s.app_id!r}")
+    names = [getattr(s, attr) for attr in TOPIC_FLAGS]
+    for attr, name in zip(TOPIC_FLAGS, names, strict=True):
+        if not _TOPIC_NAME.match(name):
+            raise SettingsError(f"{TOPIC_FLAGS[attr][0]} is not a valid topic name: {name!r}")
+    if len(set(names)) != len(names):
+        raise SettingsError("every topic flag must name a different topic")
+    if s.log_level not in ("debug", "info", "warn", "error"):
+        raise SettingsError(f"ENFORCER_LOG_LEVEL must be debug, info, warn or error: {s.log_level}")

@@ -1,0 +1,126 @@
+"""Topic administration: what the enforcer needs, created idempotently and checked.
+
+Every topic of the contract plus the internal ones. The internal topics (the user
+re-keying topic and the tables' changelogs) must have exactly the worker's partition
+count, or table reads would silently miss: a mismatch stops the worker at start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from .settings import Settings, SettingsError
+
+TABLES = ("consent", "ledger")
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic the enforcer uses."""
+
+    name: str
+    role: str  # input | output | internal
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """Every topic, with its role and configuration."""
+    compact = {"cleanup.policy": "compact"}
+    specs = [
+        TopicSpec(settings.posts_topic, "input"),
+        TopicSpec(settings.objections_topic, "input"),
+        TopicSpec(settings.training_topic, "output", compact),
+        TopicSpec(settings.retractions_topic, "output", {"retention.ms": "-1"}),
+        TopicSpec(settings.decisions_topic, "output", {"retention.ms": "-1"}),
+        TopicSpec(settings.dlq_topic, "output"),
+        TopicSpec(settings.user_events_topic, "internal"),
+        TopicSpec(settings.replay_results_topic, "output", {"retention.ms": str(7 * 86400000)}),
+    ]
+    specs += [TopicSpec(settings.changelog_topic(t), "internal", compact) for t in TABLES]
+    return specs
+
+
+def admin_client(settings: Settings) -> AdminClient:
+    """An admin client that fails fast when the broker cannot be reached."""
+    return AdminClient({"bootstrap.servers": settings.bootstrap_servers,
+                        "socket.connection.setup.timeout.ms": 5000,
+                        "log_level": 0, "logger": _QuietLogger()})
+
+
+class _QuietLogger:
+    """Swallows librdkafka's connection-refused chatter; errors surface as exceptions."""
+
+    def log(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def debug(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    info = warning = error = critical = exception = debug
+
+
+def describe(admin: AdminClient, settings: Settings, timeout: float = 10.0) -> dict[str, int]:
+    """Topic name -> partition count; raises ``SettingsError`` if the broker is unreachable."""
+    try:
+        metadata = admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise SettingsError(f"cannot reach Kafka at {settings.bootstrap_servers}: "
+                            f"{exc.args[0].str() if exc.args else exc}") from None
+    return {name: len(t.partitions) for name, t in metadata.topics.items() if t.error is None}
+
+
+def broker_count(admin: AdminClient) -> int:
+    """How many brokers the cluster has."""
+    return len(admin.list_topics(timeout=10).brokers)
+
+
+def replication_factor(admin: AdminClient, settings: Settings) -> int:
+    """The configured replication factor, or min(3, brokers)."""
+    if settings.replication_factor is not None:
+        return settings.replication_factor
+    return max(1, min(3, broker_count(admin)))
+
+
+def check_partitions(existing: dict[str, int], settings: Settings) -> None:
+    """Stop when an internal topic's partition count differs from the worker's."""
+    for spec in topic_specs(settings):
+        count = existing.get(spec.name)
+        if spec.role == "internal" and count is not None and count != settings.partitions:
+            raise SettingsError(
+                f"internal topic {spec.name} has {count} partitions but the worker is configured "
+                f"for {settings.partitions}; run with --partitions {count} (or use a new --app-id)")
+
+
+def ensure_topics(settings: Settings, *, create_inputs: bool) -> list[str]:
+    """Create missing topics (idempotent); returns the names created.
+
+    Inputs are only created when asked (``topics create``): a worker pointed at a
+    misspelt input topic stops instead of waiting on an empty one.
+    """
+    admin = admin_client(settings)
+    existing = describe(admin, settings)
+    check_partitions(existing, settings)
+    missing_inputs = [t for t in settings.input_topics if t not in existing]
+    if missing_inputs and not create_inputs:
+        raise SettingsError(f"input topic(s) {', '.join(missing_inputs)} do not exist; run "
+                            "`enforcer topics create` or check --posts-topic/--objections-topic")
+    rf = replication_factor(admin, settings)
+    new = [NewTopic(spec.name, settings.partitions, rf, config=spec.config)
+           for spec in topic_specs(settings) if spec.name not in existing]
+    created: list[str] = []
+    if not new:
+        return created
+    for name, future in admin.create_topics(new, request_timeout=30).items():
+        try:
+            future.result()
+            created.append(name)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.name() != "TOPIC_ALREADY_EXISTS":
+                raise SettingsError(f"cannot create topic {name}: {err.str()}") from None
+    # a concurrent creator may have used another partition count
+    check_partitions(describe(admin, settings), settings)
+    return created

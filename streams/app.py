@@ -66,17 +66,28 @@ def faust_settings(settings: Settings, replication_factor: int) -> dict[str, Any
     }
 
 
+def raw_table(app: faust.App, settings: Settings, name: str, help_text: str) -> Any:
+    """A RocksDB table of bytes to bytes, with a changelog of the worker's partition count.
+
+    Faust derives a "json" serializer from ``key_type=bytes``, for the store and for
+    the changelog topic it creates with the table; both are set to raw here.
+    """
+    changelog = app.topic(settings.changelog_topic(name), partitions=settings.partitions,
+                          compacting=True, deleting=False, acks=False, internal=True, **RAW)
+    table = app.Table(name, help=help_text, partitions=settings.partitions, default=None,
+                      schema=faust.Schema(**RAW), changelog_topic=changelog)
+    table.key_serializer = table.value_serializer = "raw"
+    return table
+
+
 def build(settings: Settings, policy: Policy, codec: Codec, replication_factor: int = 1) -> Enforcer:
     """Build the worker's Faust app."""
     app = faust.App(settings.app_id, **faust_settings(settings, replication_factor))
     n = settings.partitions
     inputs = app.topic(settings.posts_topic, settings.objections_topic, **RAW)
     user_events = app.topic(settings.user_events_topic, partitions=n, internal=True, **RAW)
-    table_options = {"partitions": n, "default": None, "schema": faust.Schema(**RAW)}
-    consent = app.Table("consent", help="Consent state per user (per platform).", **table_options)
-    ledger = app.Table("ledger", help="Live posts per user.", **table_options)
-    for table in (consent, ledger):  # Faust derives "json" from key_type=bytes otherwise
-        table.key_serializer = table.value_serializer = "raw"
+    consent = raw_table(app, settings, "consent", "Consent state per user (per platform).")
+    ledger = raw_table(app, settings, "ledger", "Live posts per user.")
     metrics = Metrics()
     processor = Processor(app, settings, policy, codec, consent, ledger, metrics)
 

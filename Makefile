@@ -1,0 +1,43 @@
+# Objection enforcer: every target does its own set-up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+KAFKA := deploy/kafka/local-kafka
+PYTEST_ARGS ?=
+
+.PHONY: demo test unit bench lint setup broker-jars clean
+
+## make demo: set up, start a local broker, the topics, a worker and synthetic traffic
+demo: setup
+	$(VENV)/bin/enforcer demo $(DEMO_ARGS)
+
+## make test: set up, then the whole test suite against a real Kafka broker
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## make unit: only the tests that need no broker
+unit: setup
+	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
+
+## make bench: the benchmark (throughput, latency, memory), results in bench/results/
+bench: setup
+	$(VENV)/bin/pip install -q -e ".[bench]"
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check streams tests bench
+
+setup: $(STAMP) broker-jars
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+broker-jars:
+	$(KAFKA) fetch >/dev/null
+
+clean:
+	rm -rf $(VENV) enforcer-data .pytest_cache

@@ -1,0 +1,95 @@
+"""Fixtures: one real Kafka broker for the session, and per-test topic names.
+
+The broker is found in this order: ``KAFKA_BOOTSTRAP_SERVERS`` if set; else a Docker
+engine that answers -> a ``testcontainers`` Kafka (``apache/kafka`` 4.x); else the
+local broker of ``deploy/kafka/local-kafka``, started and stopped here. If none can
+be had, integration tests fail (they are never skipped).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import Names, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCAL_KAFKA = ROOT / "deploy" / "kafka" / "local-kafka"
+KAFKA_IMAGE = "apache/kafka:4.1.1"
+
+
+def _docker_answers() -> bool:
+    if not shutil.which("docker"):
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _say(config: pytest.Config, line: str) -> None:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(line)
+    else:
+        print(line)
+
+
+@pytest.fixture(scope="session")
+def kafka(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Bootstrap servers of a real Kafka broker."""
+    env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if env:
+        _say(request.config, f"kafka: using KAFKA_BOOTSTRAP_SERVERS={env}")
+        yield env
+        return
+    if _docker_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        container = KafkaContainer(KAFKA_IMAGE).with_kraft()
+        container.start()
+        try:
+            bootstrap = container.get_bootstrap_server()
+            _say(request.config, f"kafka: testcontainers {KAFKA_IMAGE} at {bootstrap}")
+            yield bootstrap
+        finally:
+            container.stop()
+        return
+    port = free_port()
+    directory = tempfile.mkdtemp(prefix="enforcer-test-kafka-")
+    result = subprocess.run([str(LOCAL_KAFKA), "start", "--port", str(port), "--dir", directory],
+                            capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        pytest.fail(f"no Kafka broker: local-kafka start failed:\n{result.stderr[-3000:]}",
+                    pytrace=False)
+    for line in result.stderr.splitlines():
+        if "Apache Kafka" in line:
+            _say(request.config, f"kafka: {line.removeprefix('local-kafka: ')}")
+    bootstrap = result.stdout.strip().splitlines()[-1]
+    try:
+        yield bootstrap
+    finally:
+        subprocess.run([str(LOCAL_KAFKA), "stop", "--port", str(port), "--dir", directory],
+                       capture_output=True, timeout=120)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def names(request: pytest.FixtureRequest) -> Names:
+    """Topic names and an application id of this test alone."""
+    stem = "".join(c if c.isalnum() else "-" for c in request.node.name)[:40]
+    return Names(f"{stem}-{uuid.uuid4().hex[:8]}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that use the broker are integration tests."""
+    for item in items:
+        if "kafka" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)

@@ -184,6 +184,7 @@ class Processor:
         await self._emit(fx, user_id)
         # always written, even when unchanged, so that the changelog converges after a crash
         self.consent[key] = encode_state(new_state)
+        self.metrics.objections[event["action"]] += 1
 
     async def _emit(self, fx: Effects, user_id: str) -> None:
         """Write the effects' records; when they retract, wait for the broker's

@@ -17,6 +17,7 @@ class Metrics:
         self.retractions = 0
         self.retracted_posts = 0
         self.inputs: Counter[str] = Counter()
+        self.objections: Counter[str] = Counter()
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
         self.latency_n = 0
@@ -46,6 +47,11 @@ class Metrics:
                 "# TYPE enforcer_inputs_total counter"]
         for kind, n in sorted(self.inputs.items()):
             out.append(f'enforcer_inputs_total{{kind="{kind}"}} {n}')
+        out += ["# HELP enforcer_objection_events_total Objection events applied to the consent "
+                "table, by action.",
+                "# TYPE enforcer_objection_events_total counter"]
+        for action, n in sorted(self.objections.items()):
+            out.append(f'enforcer_objection_events_total{{action="{action}"}} {n}')
         out += ["# HELP enforcer_retractions_total Retraction records written.",
                 "# TYPE enforcer_retractions_total counter",
                 f"enforcer_retractions_total {self.retractions}",

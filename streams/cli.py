@@ -72,14 +72,12 @@ def cmd_worker(settings: Settings) -> int:
     ensure_topics(settings, create_inputs=False)
     rf = replication_factor(admin_client(settings), settings)
     enforcer = build(settings, policy, codec, rf)
-    import faust
+    from .worker import EnforcerWorker
 
     print(f"enforcer: worker {settings.app_id} on {settings.bootstrap_servers}, policy "
           f"{policy.version}, {settings.partitions} partitions, http://{settings.web_host}:"
           f"{settings.web_port}/ready", file=sys.stderr, flush=True)
-    worker = faust.Worker(enforcer.app, loglevel=settings.log_level, quiet=True,
-                          redirect_stdouts=False)
-    worker.execute_from_commandline()
+    EnforcerWorker(enforcer.app, settings.log_level).execute_from_commandline()
     return 0
 
 

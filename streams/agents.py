@@ -1,12 +1,11 @@
-"""What the Faust agents do with each record: decode, call the pure core, write.
+"""What the gate agent does with each record of the internal user-events topic:
+decode, call the pure core, write.
 
-* ``rekey``: reads ``posts`` and ``objections`` (any partitioning), validates, and
-  forwards the unchanged bytes to the internal topic keyed and partitioned by the
-  ``user_id`` in the value; anything unreadable goes to the DLQ with a reason.
-* ``gate``: reads the internal topic; posts are decided, objection events update the
-  consent table and retract live posts. For any input that retracts, the outputs are
-  acknowledged by the broker *before* the local state changes, so a crash between
-  the two re-processes the input and retracts again instead of forgetting to.
+Posts are decided, objection events update the consent table and retract live
+posts, replay requests re-decide a past post and answer the replay command. For
+any input that retracts, the outputs are acknowledged by the broker *before* the
+local state changes, so a crash between the two re-processes the input and retracts
+again instead of forgetting to. (The re-keying stage is ``rekey.py``.)
 
 Nothing here logs post text or media URLs.
 """
@@ -14,6 +13,7 @@ Nothing here logs post text or media URLs.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -26,14 +26,22 @@ from .enforcement import Effects, Source, on_objection, on_post
 from .ledger import Ledger
 from .metrics import Metrics
 from .policy import Policy
-from .records import check_objection, check_post, partition_for_user
+from .records import (
+    KIND,
+    KIND_OBJECTION,
+    KIND_POST,
+    KIND_REPLAY,
+    REPLAY_DRY_RUN,
+    REPLAY_ID,
+    SRC_OFFSET,
+    SRC_PARTITION,
+    SRC_TOPIC,
+    check_objection,
+    check_post,
+)
 from .settings import Settings
 
 log = logging.getLogger("streams.enforcer")
-
-KIND = "enforcer.kind"
-SRC_TOPIC, SRC_PARTITION, SRC_OFFSET = "source.topic", "source.partition", "source.offset"
-KIND_POST, KIND_OBJECTION, KIND_REPLAY = b"post", b"objection", b"replay"
 
 
 def _headers(message: Any) -> dict[str, bytes]:
@@ -52,9 +60,7 @@ class Processor:
         self.consent = consent
         self.ledger = Ledger(ledger)
         self.metrics = metrics
-        self.partitions = settings.partitions
-        self._kind_of_topic = {settings.posts_topic: (POST, KIND_POST),
-                               settings.objections_topic: (OBJECTION, KIND_OBJECTION)}
+        self.rekeyer: Any = None
 
     # -- readiness -----------------------------------------------------------------
     def ready(self) -> bool:
@@ -62,8 +68,11 @@ class Processor:
         app = self.app
         try:
             recovery = app.tables.recovery
+            rekeying = self.rekeyer is None or (self.rekeyer.is_alive()
+                                                and self.rekeyer.assigned.is_set())
             return bool(
-                app.started
+                rekeying
+                and app.started
                 and not app.rebalancing
                 and not recovery.in_recovery
                 and recovery.completed.is_set()
@@ -92,37 +101,6 @@ class Processor:
         log.warning("DLQ %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason)
         self._watch(await self._send(self.settings.dlq_topic, message.key, message.value, headers))
 
-    # -- rekey agent ---------------------------------------------------------------
-    async def rekey(self, message: Any) -> None:
-        """Validate an input record and forward it keyed by its user id."""
-        expected, kind = self._kind_of_topic.get(message.topic, (None, None))
-        if expected is None:
-            await self._dlq(message, f"unexpected input topic {message.topic}")
-            return
-        if message.value is None:
-            await self._dlq(message, "null value")
-            return
-        try:
-            _, datum = self.codec.decode(message.value, expected)
-            (check_post if expected == POST else check_objection)(datum)
-        except DecodeError as exc:
-            await self._dlq(message, str(exc))
-            return
-        except Exception as exc:  # never let one record stop the worker
-            await self._dlq(message, f"cannot read record: {type(exc).__name__}")
-            return
-        self.metrics.inputs[kind.decode()] += 1
-        user_key = datum["user_id"].encode("utf-8")
-        headers = [
-            (KIND, kind),
-            (SRC_TOPIC, message.topic.encode()),
-            (SRC_PARTITION, str(message.partition).encode()),
-            (SRC_OFFSET, str(message.offset).encode()),
-        ]
-        fut = await self._send(self.settings.user_events_topic, user_key, message.value, headers,
-                               partition_for_user(user_key, self.partitions), message.timestamp)
-        self._watch(fut)
-
     # -- gate agent ----------------------------------------------------------------
     async def gate(self, message: Any) -> None:
         """Decide a post or apply an objection event for the user of this partition."""
@@ -134,7 +112,7 @@ class Processor:
         except (KeyError, ValueError):
             source = Source(message.topic, message.partition, message.offset)
         try:
-            if kind == KIND_POST:
+            if kind in (KIND_POST, KIND_REPLAY):
                 _, post = self.codec.decode(message.value, POST)
                 check_post(post)
             elif kind == KIND_OBJECTION:
@@ -145,9 +123,12 @@ class Processor:
         except DecodeError as exc:
             await self._dlq(message, str(exc))
             return
-        if kind == KIND_POST:
+        if kind in (KIND_POST, KIND_REPLAY):
             try:
-                await self._on_post(post, source, message)
+                if kind == KIND_POST:
+                    await self._on_post(post, source, message)
+                else:
+                    await self._on_replay(post, source, headers)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a post that cannot be decided is not published
@@ -174,6 +155,31 @@ class Processor:
         await self._emit(fx, user_id)
         if message.timestamp:
             self.metrics.observe_latency(max(0.0, now / 1000.0 - message.timestamp))
+
+    async def _on_replay(self, post: dict[str, Any], source: Source,
+                         headers: dict[str, bytes]) -> None:
+        """Re-decide a past post under the current state and policy; emit only changes
+        (nothing at all in a dry run), and answer the replay command."""
+        replay_id = headers.get(REPLAY_ID, b"").decode() or "unknown"
+        dry_run = headers.get(REPLAY_DRY_RUN) == b"1"
+        user_id, post_id = post["user_id"], post["post_id"]
+        state = decode_state(self.consent.get(user_id.encode("utf-8")))
+        fx = on_post(self.policy, post, state, self.ledger.is_live(user_id, post_id), _now_ms(),
+                     source, replay_id)
+        if fx.publish:
+            change, reason = "PUBLISHED", "ELIGIBLE"
+        elif fx.tombstones:
+            change, reason = "RETRACTED", fx.decisions[0]["reason"]
+        else:
+            change, reason = "UNCHANGED", self.policy.reason(post, state.objected(
+                post["platform"])).value
+        if not dry_run:
+            await self._emit(fx, user_id)
+        answer = json.dumps({"replay_id": replay_id, "post_id": post_id, "user_id": user_id,
+                             "change": change, "reason": reason, "dry_run": dry_run,
+                             "policy_version": self.policy.version}).encode()
+        self._watch(await self._send(self.settings.replay_results_topic, replay_id.encode(),
+                                     answer))
 
     async def _on_objection(self, event: dict[str, Any], source: Source, message: Any) -> None:
         user_id = event["user_id"]

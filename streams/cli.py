@@ -114,7 +114,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = from_args(args)
-        handler: Callable[..., int]
         if args.command == "worker":
             return cmd_worker(settings)
         if args.command == "topics":

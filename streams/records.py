@@ -17,6 +17,12 @@ from aiokafka.partitioner import murmur2
 from .codec import DecodeError
 
 MAX_ID_BYTES = 1000
+
+# Headers of the internal user-events topic (and of DLQ records, for source.*)
+KIND = "enforcer.kind"
+SRC_TOPIC, SRC_PARTITION, SRC_OFFSET = "source.topic", "source.partition", "source.offset"
+KIND_POST, KIND_OBJECTION, KIND_REPLAY = b"post", b"objection", b"replay"
+REPLAY_ID, REPLAY_DRY_RUN = "replay.id", "replay.dry_run"
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 
 

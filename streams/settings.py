@@ -73,6 +73,17 @@ class Settings:
         return f"{self.app_id}-{table}-changelog"
 
     @property
+    def instance_id(self) -> str:
+        """Static group membership id: stable for one data dir on one host, so that a
+        restarted worker takes its partitions back at once instead of waiting for the
+        broker to time the old member out (and without a second rebalance)."""
+        import hashlib
+        import socket
+
+        where = f"{socket.gethostname()}:{self.data_dir.resolve()}"
+        return f"{self.app_id}-{hashlib.sha1(where.encode()).hexdigest()[:12]}"
+
+    @property
     def output_topics(self) -> list[str]:
         """The topics the worker writes to."""
         return [self.training_topic, self.retractions_topic, self.decisions_topic, self.dlq_topic]

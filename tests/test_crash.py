@@ -23,12 +23,17 @@ def test_kill_9_mid_stream_then_restart(kafka: str, names, tmp_path: Path) -> No
         topic = {"posts": names.posts, "objections": names.objections}
         by_post_id = env.sender("consistent_random")
         by_event_id = env.sender("murmur2_random")
-        for r in records:
-            (by_event_id if r.topic_kind == "objections" else by_post_id).raw(
-                topic[r.topic_kind], r.value, r.key)
-        by_post_id.flush()
-        by_event_id.flush()
 
+        def produce(batch) -> None:
+            for r in batch:
+                (by_event_id if r.topic_kind == "objections" else by_post_id).raw(
+                    topic[r.topic_kind], r.value, r.key)
+            by_post_id.flush()
+            by_event_id.flush()
+
+        # the first half is waiting when the worker starts; the second half arrives after
+        # the restart, when the first half's objections are in the consent table
+        produce(records[:10_000])
         worker = env.worker()
         decisions = env.reader(names.decisions)
         decisions.wait_count(len(posts) // 4, timeout=120)
@@ -37,6 +42,7 @@ def test_kill_9_mid_stream_then_restart(kafka: str, names, tmp_path: Path) -> No
         assert processed_before_kill < len(posts), "the worker finished before it was killed"
 
         env.worker()  # same data dir
+        produce(records[10_000:])
         post_ids = {p["post_id"] for p in posts}
 
         def all_posts_decided(rs) -> bool:

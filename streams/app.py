@@ -20,6 +20,8 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from .agents import Processor
 from .codec import Codec
 from .metrics import Metrics
+from .ledger import TableState
+from .outputs import OutputProducer, hook_commit
 from .policy import Policy
 from .rekey import Rekeyer
 from .settings import Settings
@@ -39,6 +41,8 @@ class Enforcer:
 
 
 FETCH_MAX_WAIT_MS = 10
+GATE_BATCH = 2000
+GATE_WITHIN = 0.005  # seconds a partial batch waits for more records
 
 
 def _install_fetch_wait() -> None:
@@ -118,16 +122,25 @@ def build(settings: Settings, policy: Policy, codec: Codec, replication_factor: 
     consent = raw_table(app, settings, "consent", "Consent state per user (per platform).")
     ledger = raw_table(app, settings, "ledger", "Live posts per user.")
     metrics = Metrics()
-    processor = Processor(app, settings, policy, codec, consent, ledger, metrics)
+    outputs = OutputProducer(settings)
+    consent_state = TableState(consent, settings.changelog_topic("consent"), outputs)
+    ledger_state = TableState(ledger, settings.changelog_topic("ledger"), outputs)
+
+    def persist_offsets() -> None:
+        consent_state.persist_offsets()
+        ledger_state.persist_offsets()
+
+    hook_commit(app, outputs, after_flush=persist_offsets)
+    processor = Processor(app, settings, policy, codec, consent_state, ledger_state, outputs,
+                          metrics)
     rekeyer = Rekeyer(settings, codec, metrics)
     processor.rekeyer = rekeyer
 
-    # Events are acknowledged only once fully processed: Faust acks an event whose
-    # processing raised or was cancelled (at shutdown), which would commit past it.
+    # take_events acknowledges a batch only after it was processed; processing has no
+    # await, so a shutdown cannot cancel it halfway through an input.
     async def gate(stream: faust.StreamT) -> None:
-        async for event in stream.noack().events():
-            await processor.gate(event.message)
-            event.ack()
+        async for events in stream.take_events(GATE_BATCH, within=GATE_WITHIN):
+            processor.process(event.message for event in events)
 
     app.agent(user_events, name="gate")(gate)
 
@@ -140,6 +153,7 @@ def build(settings: Settings, policy: Policy, codec: Codec, replication_factor: 
         rekeyer.stopping.set()
         if rekeyer.is_alive():
             rekeyer.join(30)
+        outputs.flush()
 
     @app.page("/ready")
     async def ready(web: Any, request: Any) -> Any:

@@ -1,13 +1,23 @@
-"""The live-post ledger: which posts of a user are live in training-ingest.
+"""The gate's state: the consent table and the live-post ledger, on RocksDB.
 
-Held in a Faust table on RocksDB (so it has a changelog), keyed
-``len(user) (2 bytes) + user + post_id`` -> platform, so that one user's posts are
-a contiguous key range read by prefix without scanning anyone else's.
+Both are Faust tables (Faust creates their RocksDB partitions and restores them from
+their changelog topics on assignment). The gate reads and writes the partition of
+the event directly, and writes each change's changelog record through the output
+producer, so that a batch needs no per-record Faust machinery.
+
+The ledger holds which posts of a user are live in training-ingest, keyed
+``len(user) (2 bytes) + user + post_id`` -> platform: one user's posts are a
+contiguous key range, read by prefix without scanning anyone else's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
+
+from faust.types import TP
+
+from .outputs import OutputProducer
 
 
 def user_prefix(user_id: str) -> bytes:
@@ -21,34 +31,69 @@ def entry_key(user_id: str, post_id: str) -> bytes:
     return user_prefix(user_id) + post_id.encode("utf-8")
 
 
-class Ledger:
-    """Live post ids per user, over a Faust table whose store is RocksDB."""
+class TableState:
+    """One Faust table's RocksDB partitions, written together with their changelog."""
 
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: Any, changelog_topic: str, outputs: OutputProducer) -> None:
         self.table = table
+        self.changelog_topic = changelog_topic
+        self.outputs = outputs
+        outputs.track_changelog(changelog_topic)
 
-    def is_live(self, user_id: str, post_id: str) -> bool:
-        """True when the post is live (read from the current event's partition)."""
-        return self.table.get(entry_key(user_id, post_id)) is not None
+    def _db(self, partition: int) -> Any:
+        return self.table.data._db_for_partition(partition)
 
-    def live_posts(self, user_id: str, partition: int) -> dict[str, str]:
-        """Every live post of a user as post id -> platform, read by key prefix."""
-        prefix = user_prefix(user_id)
-        db = self.table.data._db_for_partition(partition)
-        found: dict[str, str] = {}
-        for key, value in db.items(from_key=prefix):
+    def get(self, partition: int, key: bytes) -> bytes | None:
+        """The value of ``key`` in one partition."""
+        return self._db(partition).get(key)
+
+    def put(self, partition: int, key: bytes, value: bytes) -> None:
+        """Write locally and to the changelog."""
+        self._db(partition).put(key, value)
+        self.outputs.produce(self.changelog_topic, key, value, partition)
+
+    def delete(self, partition: int, key: bytes) -> None:
+        """Delete locally and write a changelog tombstone."""
+        self._db(partition).delete(key)
+        self.outputs.produce(self.changelog_topic, key, None, partition)
+
+    def scan(self, partition: int, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) whose key starts with ``prefix``."""
+        for key, value in self._db(partition).items(from_key=prefix):
             if not key.startswith(prefix):
                 break
             if value is not None:
-                found[key[len(prefix):].decode("utf-8")] = value.decode("utf-8")
-        return found
+                yield key, value
 
-    def add(self, user_id: str, post_id: str, platform: str) -> None:
-        """Record a post as live."""
-        self.table[entry_key(user_id, post_id)] = platform.encode("utf-8")
+    def persist_offsets(self) -> None:
+        """Tell Faust how far the changelog is reflected in RocksDB, so that recovery
+        after a restart reads only what came after."""
+        store = self.table.data
+        for (topic, partition), offset in self.outputs.changelog_offsets.items():
+            if topic == self.changelog_topic and partition in store._dbs:
+                store.set_persisted_offset(TP(topic, partition), offset)
 
-    def remove(self, user_id: str, post_id: str) -> None:
+
+class Ledger:
+    """Live post ids per user."""
+
+    def __init__(self, state: TableState) -> None:
+        self.state = state
+
+    def is_live(self, partition: int, user_id: str, post_id: str) -> bool:
+        """True when the post is live."""
+        return self.state.get(partition, entry_key(user_id, post_id)) is not None
+
+    def live_posts(self, partition: int, user_id: str) -> dict[str, str]:
+        """Every live post of a user as post id -> platform."""
+        prefix = user_prefix(user_id)
+        return {key[len(prefix):].decode("utf-8"): value.decode("utf-8")
+                for key, value in self.state.scan(partition, prefix)}
+
+    def add(self, partition: int, user_id: str, post_id: str, platform: str) -> None:
+        """Record a post as live (rewritten even if present: the changelog converges)."""
+        self.state.put(partition, entry_key(user_id, post_id), platform.encode("utf-8"))
+
+    def remove(self, partition: int, user_id: str, post_id: str) -> None:
         """Record a post as no longer live."""
-        key = entry_key(user_id, post_id)
-        if self.table.get(key) is not None:
-            del self.table[key]
+        self.state.delete(partition, entry_key(user_id, post_id))

@@ -1,0 +1,116 @@
+"""Every record the gate writes goes through one confluent-kafka (librdkafka) producer.
+
+aiokafka's producer costs tens of microseconds a record in Python; librdkafka
+batches in C. Faust still owns consuming, assignment, table recovery and offset
+commits: Faust flushes "its producer" before it commits offsets, and that flush is
+extended here (``hook_commit``) to flush this producer first, so no input offset is
+committed before its outputs are on the broker (at-least-once).
+
+A record the broker refuses after every retry stops the process before the next
+commit, so that the input is processed again after restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from .settings import Settings
+
+log = logging.getLogger("streams.outputs")
+
+
+def producer_config(settings: Settings) -> dict[str, Any]:
+    """Idempotent, acknowledged by all replicas, lightly batched."""
+    return {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 1,
+        "batch.num.messages": 10000,
+        "queue.buffering.max.messages": 500000,
+        "queue.buffering.max.kbytes": 262144,
+        "compression.type": "none",
+        "log_level": 3,
+    }
+
+
+class OutputProducer:
+    """The gate's producer: synchronous ``produce``, ``flush`` before commits."""
+
+    def __init__(self, settings: Settings, producer: Producer | None = None) -> None:
+        self.producer = producer or Producer(producer_config(settings))
+        self.changelog_offsets: dict[tuple[str, int], int] = {}
+        self._changelogs: set[str] = set()
+        self._pending = 0
+
+    def track_changelog(self, topic: str) -> None:
+        """Remember the highest delivered offset of this topic's partitions."""
+        self._changelogs.add(topic)
+
+    def _delivered(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            log.critical("could not deliver a record to %s (%s); exiting so that the input "
+                         "is processed again", msg.topic(), err.str())
+            logging.shutdown()
+            os._exit(70)
+        topic = msg.topic()
+        if topic in self._changelogs:
+            key = (topic, msg.partition())
+            offset = msg.offset()
+            if offset > self.changelog_offsets.get(key, -1):
+                self.changelog_offsets[key] = offset
+
+    def produce(self, topic: str, key: bytes | None, value: bytes | None,
+                partition: int | None = None, headers: list | None = None) -> None:
+        """Queue one record (blocks briefly only when librdkafka's queue is full)."""
+        while True:
+            try:
+                if partition is None:
+                    self.producer.produce(topic, value, key, headers=headers,
+                                          on_delivery=self._delivered)
+                else:
+                    self.producer.produce(topic, value, key, partition, headers=headers,
+                                          on_delivery=self._delivered)
+                break
+            except BufferError:
+                self.producer.poll(0.05)
+        self._pending += 1
+        if self._pending >= 1000:
+            self._pending = 0
+            self.producer.poll(0)
+
+    def poll(self) -> None:
+        """Serve delivery reports."""
+        self.producer.poll(0)
+
+    def flush(self, timeout: float = 60.0) -> None:
+        """Wait until the broker has every queued record; exit if it cannot."""
+        remaining = self.producer.flush(timeout)
+        if remaining:
+            log.critical("%d records not delivered within %.0fs; exiting", remaining, timeout)
+            logging.shutdown()
+            os._exit(70)
+
+
+def hook_commit(app: Any, outputs: OutputProducer,
+                after_flush: Callable[[], None] | None = None) -> None:
+    """Make Faust's pre-commit producer flush also flush ``outputs``.
+
+    The flush runs synchronously on the event loop: no agent can queue more records
+    meanwhile, so it ends as soon as what was queued is acknowledged.
+    """
+    producer = app.producer
+    faust_flush = producer.flush
+
+    async def flush() -> None:
+        outputs.flush()
+        if after_flush is not None:
+            after_flush()
+        await faust_flush()
+
+    producer.flush = flush

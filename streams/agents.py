@@ -49,9 +49,17 @@ log = logging.getLogger("streams.enforcer")
 class Processor:
     """Per-record logic of the gate agent."""
 
-    def __init__(self, app: Any, settings: Settings, policy: Policy, codec: Codec,
-                 consent: TableState, ledger: TableState, outputs: OutputProducer,
-                 metrics: Metrics) -> None:
+    def __init__(
+        self,
+        app: Any,
+        settings: Settings,
+        policy: Policy,
+        codec: Codec,
+        consent: TableState,
+        ledger: TableState,
+        outputs: OutputProducer,
+        metrics: Metrics,
+    ) -> None:
         self.app = app
         self.settings = settings
         self.policy = policy
@@ -68,10 +76,16 @@ class Processor:
         app = self.app
         try:
             recovery = app.tables.recovery
-            rekeying = self.rekeyer is None or (self.rekeyer.is_alive()
-                                                and self.rekeyer.assigned.is_set())
-            return bool(rekeying and app.started and not app.rebalancing
-                        and not recovery.in_recovery and recovery.completed.is_set())
+            rekeying = self.rekeyer is None or (
+                self.rekeyer.is_alive() and self.rekeyer.assigned.is_set()
+            )
+            return bool(
+                rekeying
+                and app.started
+                and not app.rebalancing
+                and not recovery.in_recovery
+                and recovery.completed.is_set()
+            )
         except AttributeError:
             return False
 
@@ -85,21 +99,28 @@ class Processor:
     def dlq(self, message: Any, reason: str) -> None:
         """Send a record to the DLQ with the contract's headers."""
         headers = dict(message.headers or ())
-        source = [(SRC_TOPIC, headers.get(SRC_TOPIC, message.topic.encode())),
-                  (SRC_PARTITION, headers.get(SRC_PARTITION, str(message.partition).encode())),
-                  (SRC_OFFSET, headers.get(SRC_OFFSET, str(message.offset).encode()))]
+        source = [
+            (SRC_TOPIC, headers.get(SRC_TOPIC, message.topic.encode())),
+            (SRC_PARTITION, headers.get(SRC_PARTITION, str(message.partition).encode())),
+            (SRC_OFFSET, headers.get(SRC_OFFSET, str(message.offset).encode())),
+        ]
         self.metrics.dlq[source[0][1].decode("utf-8", "replace")] += 1
         log.warning("DLQ %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason)
-        self.outputs.produce(self.settings.dlq_topic, message.key, message.value,
-                             headers=[("error", reason.encode("utf-8", "replace")), *source])
+        self.outputs.produce(
+            self.settings.dlq_topic,
+            message.key,
+            message.value,
+            headers=[("error", reason.encode("utf-8", "replace")), *source],
+        )
 
     def gate(self, message: Any) -> None:
         """Decide a post, apply an objection event or answer a replay request."""
         headers = dict(message.headers or ())
         kind = headers.get(KIND)
         try:
-            source = Source(headers[SRC_TOPIC].decode(), int(headers[SRC_PARTITION]),
-                            int(headers[SRC_OFFSET]))
+            source = Source(
+                headers[SRC_TOPIC].decode(), int(headers[SRC_PARTITION]), int(headers[SRC_OFFSET])
+            )
         except (KeyError, ValueError):
             source = Source(message.topic, message.partition, message.offset)
         try:
@@ -120,8 +141,7 @@ class Processor:
             except Exception:
                 # An objection must never be skipped: stop before its offset is committed,
                 # so that it is processed again after restart (fail closed).
-                log.critical("cannot apply objection event at %s; exiting", source,
-                             exc_info=True)
+                log.critical("cannot apply objection event at %s; exiting", source, exc_info=True)
                 logging.shutdown()
                 os._exit(70)
             return
@@ -134,7 +154,7 @@ class Processor:
             log.exception("cannot decide post at %s", source)
             self.dlq(message, f"internal error: {type(exc).__name__}")
 
-    def _state(self, partition: int, user_id: str):  # noqa: ANN202
+    def _state(self, partition: int, user_id: str):
         return decode_state(self.consent.get(partition, user_id.encode("utf-8")))
 
     def _on_post(self, post: dict[str, Any], source: Source, message: Any) -> None:
@@ -146,8 +166,9 @@ class Processor:
         if message.timestamp:
             self.metrics.observe_latency(max(0.0, now / 1000.0 - message.timestamp))
 
-    def _on_replay(self, post: dict[str, Any], source: Source, headers: dict[str, bytes],
-                   partition: int) -> None:
+    def _on_replay(
+        self, post: dict[str, Any], source: Source, headers: dict[str, bytes], partition: int
+    ) -> None:
         """Re-decide a past post under the current state and policy; emit only changes
         (nothing at all in a dry run), and answer the replay command."""
         replay_id = headers.get(REPLAY_ID, b"").decode() or "unknown"
@@ -165,11 +186,18 @@ class Processor:
             reason = self.policy.reason(post, state.objected(post["platform"])).value
         if not dry_run:
             self._emit(fx, user_id, partition)
-        answer = {"replay_id": replay_id, "post_id": post_id, "user_id": user_id,
-                  "change": change, "reason": reason, "dry_run": dry_run,
-                  "policy_version": self.policy.version}
-        self.outputs.produce(self.settings.replay_results_topic, replay_id.encode(),
-                             json.dumps(answer).encode())
+        answer = {
+            "replay_id": replay_id,
+            "post_id": post_id,
+            "user_id": user_id,
+            "change": change,
+            "reason": reason,
+            "dry_run": dry_run,
+            "policy_version": self.policy.version,
+        }
+        self.outputs.produce(
+            self.settings.replay_results_topic, replay_id.encode(), json.dumps(answer).encode()
+        )
 
     def _on_objection(self, event: dict[str, Any], source: Source, partition: int) -> None:
         user_id = event["user_id"]
@@ -188,16 +216,25 @@ class Processor:
             return
         s, enc, produce = self.settings, self.codec.encode, self.outputs.produce
         for record in fx.publish:
-            produce(s.training_topic, record["post_id"].encode(),
-                    enc(TRAINING_RECORD, record, s.training_topic))
+            produce(
+                s.training_topic,
+                record["post_id"].encode(),
+                enc(TRAINING_RECORD, record, s.training_topic),
+            )
         for post_id in fx.tombstones:
             produce(s.training_topic, post_id.encode(), None)
         for record in fx.retractions:
-            produce(s.retractions_topic, record["user_id"].encode(),
-                    enc(RETRACTION, record, s.retractions_topic))
+            produce(
+                s.retractions_topic,
+                record["user_id"].encode(),
+                enc(RETRACTION, record, s.retractions_topic),
+            )
         for record in fx.decisions:
-            produce(s.decisions_topic, record["post_id"].encode(),
-                    enc(DECISION, record, s.decisions_topic))
+            produce(
+                s.decisions_topic,
+                record["post_id"].encode(),
+                enc(DECISION, record, s.decisions_topic),
+            )
             self.metrics.decisions[(record["outcome"], record["reason"])] += 1
         if fx.tombstones:
             self.metrics.retractions += len(fx.retractions)

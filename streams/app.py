@@ -19,8 +19,8 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from .agents import Processor
 from .codec import Codec
-from .metrics import Metrics
 from .ledger import TableState
+from .metrics import Metrics
 from .outputs import OutputProducer, hook_commit
 from .policy import Policy
 from .rekey import Rekeyer
@@ -105,15 +105,30 @@ def raw_table(app: faust.App, settings: Settings, name: str, help_text: str) -> 
     Faust derives a "json" serializer from ``key_type=bytes``, for the store and for
     the changelog topic it creates with the table; both are set to raw here.
     """
-    changelog = app.topic(settings.changelog_topic(name), partitions=settings.partitions,
-                          compacting=True, deleting=False, acks=False, internal=True, **RAW)
-    table = app.Table(name, help=help_text, partitions=settings.partitions, default=None,
-                      schema=faust.Schema(**RAW), changelog_topic=changelog)
+    changelog = app.topic(
+        settings.changelog_topic(name),
+        partitions=settings.partitions,
+        compacting=True,
+        deleting=False,
+        acks=False,
+        internal=True,
+        **RAW,
+    )
+    table = app.Table(
+        name,
+        help=help_text,
+        partitions=settings.partitions,
+        default=None,
+        schema=faust.Schema(**RAW),
+        changelog_topic=changelog,
+    )
     table.key_serializer = table.value_serializer = "raw"
     return table
 
 
-def build(settings: Settings, policy: Policy, codec: Codec, replication_factor: int = 1) -> Enforcer:
+def build(
+    settings: Settings, policy: Policy, codec: Codec, replication_factor: int = 1
+) -> Enforcer:
     """Build the worker's Faust app."""
     _install_fetch_wait()
     app = faust.App(settings.app_id, **faust_settings(settings, replication_factor))
@@ -131,8 +146,9 @@ def build(settings: Settings, policy: Policy, codec: Codec, replication_factor: 
         ledger_state.persist_offsets()
 
     hook_commit(app, outputs, after_flush=persist_offsets)
-    processor = Processor(app, settings, policy, codec, consent_state, ledger_state, outputs,
-                          metrics)
+    processor = Processor(
+        app, settings, policy, codec, consent_state, ledger_state, outputs, metrics
+    )
     rekeyer = Rekeyer(settings, codec, metrics)
     processor.rekeyer = rekeyer
 
@@ -162,7 +178,6 @@ def build(settings: Settings, policy: Policy, codec: Codec, replication_factor: 
 
     @app.page("/metrics")
     async def prometheus(web: Any, request: Any) -> Any:
-        return web.text(metrics.render(processor.ready()),
-                        content_type="text/plain; version=0.0.4")
+        return web.text(metrics.render(processor.ready()), content_type="text/plain; version=0.0.4")
 
     return Enforcer(app, processor, metrics)

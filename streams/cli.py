@@ -10,7 +10,7 @@ import argparse
 import os
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from .policy import PolicyError, load_policy
@@ -28,7 +28,7 @@ def _fail(message: str) -> int:
     return EXIT_CONFIG
 
 
-def make_codec(settings: Settings):  # noqa: ANN201 - imported lazily to keep --help fast
+def make_codec(settings: Settings):
     """The codec, with a schema registry client when one is configured."""
     from .codec import Codec
 
@@ -74,9 +74,13 @@ def cmd_worker(settings: Settings) -> int:
     enforcer = build(settings, policy, codec, rf)
     from .worker import EnforcerWorker
 
-    print(f"enforcer: worker {settings.app_id} on {settings.bootstrap_servers}, policy "
-          f"{policy.version}, {settings.partitions} partitions, http://{settings.web_host}:"
-          f"{settings.web_port}/ready", file=sys.stderr, flush=True)
+    print(
+        f"enforcer: worker {settings.app_id} on {settings.bootstrap_servers}, policy "
+        f"{policy.version}, {settings.partitions} partitions, http://{settings.web_host}:"
+        f"{settings.web_port}/ready",
+        file=sys.stderr,
+        flush=True,
+    )
     EnforcerWorker(enforcer.app, settings.log_level).execute_from_commandline()
     return 0
 

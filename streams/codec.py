@@ -97,7 +97,9 @@ class SchemaVersion:
     text: str = ""
 
 
-def load_schemas(directory: Path = SCHEMA_DIR) -> tuple[dict[str, SchemaVersion], list[SchemaVersion]]:
+def load_schemas(
+    directory: Path = SCHEMA_DIR,
+) -> tuple[dict[str, SchemaVersion], list[SchemaVersion]]:
     """Parse every ``*.avsc``: current versions (top level) and all versions (with history)."""
     current: dict[str, SchemaVersion] = {}
     every: list[SchemaVersion] = []
@@ -127,7 +129,9 @@ class Codec:
         self._registry = registry
         self._ids_by_subject: dict[tuple[str, str], int] = {}
         self._versions_by_id: dict[int, SchemaVersion] = {}
-        self._prefix = {name: SINGLE_OBJECT_MAGIC + v.fingerprint for name, v in self.current.items()}
+        self._prefix = {
+            name: SINGLE_OBJECT_MAGIC + v.fingerprint for name, v in self.current.items()
+        }
 
     @property
     def uses_registry(self) -> bool:
@@ -204,7 +208,9 @@ class Codec:
             parsed = fastavro.parse_schema(raw)
         except Exception as exc:
             raise DecodeError(f"schema id {schema_id} is not a usable Avro schema: {exc}") from None
-        version = SchemaVersion(_short_name(parsed["name"]), parsed, fingerprint(parsed), f"id:{schema_id}")
+        version = SchemaVersion(
+            _short_name(parsed["name"]), parsed, fingerprint(parsed), f"id:{schema_id}"
+        )
         self._versions_by_id[schema_id] = version
         return version
 
@@ -230,7 +236,11 @@ class Codec:
         except EOFError:
             raise DecodeError(f"truncated {version.name} datum") from None
         except Exception as exc:  # fastavro raises many types for corrupt data
-            raise DecodeError(f"corrupt {version.name} datum: {type(exc).__name__}: {exc}") from None
+            raise DecodeError(
+                f"corrupt {version.name} datum: {type(exc).__name__}: {exc}"
+            ) from None
         if buf.tell() != len(data):
-            raise DecodeError(f"{len(data) - buf.tell()} trailing bytes after the {version.name} datum")
+            raise DecodeError(
+                f"{len(data) - buf.tell()} trailing bytes after the {version.name} datum"
+            )
         return version.name, datum

@@ -77,8 +77,10 @@ def apply(state: ConsentState | None, event: Mapping[str, Any]) -> ConsentState:
 def encode_state(state: ConsentState) -> bytes:
     """Compact bytes for the consent table."""
     return json.dumps(
-        {"m": {k: [m.occurred_at, int(m.objected), m.event_id] for k, m in state.marks.items()},
-         "s": list(state.seen)},
+        {
+            "m": {k: [m.occurred_at, int(m.objected), m.event_id] for k, m in state.marks.items()},
+            "s": list(state.seen),
+        },
         separators=(",", ":"),
     ).encode()
 

@@ -4,6 +4,7 @@ live terminal view; ends after ``--duration`` or on Ctrl-C, leaving no process b
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import re
@@ -49,8 +50,11 @@ def scrape(port: int) -> dict[str, float]:
 def quantile(metrics: dict[str, float], q: float) -> float | None:
     """A quantile (seconds) of the decision-latency histogram, interpolated in its bucket."""
     prefix = "enforcer_decision_latency_seconds_bucket"
-    buckets = sorted((float(k.split('le="')[1].rstrip('"}')), v) for k, v in metrics.items()
-                     if k.startswith(prefix) and "+Inf" not in k)
+    buckets = sorted(
+        (float(k.split('le="')[1].rstrip('"}')), v)
+        for k, v in metrics.items()
+        if k.startswith(prefix) and "+Inf" not in k
+    )
     total = metrics.get("enforcer_decision_latency_seconds_count", 0.0)
     if not total:
         return None
@@ -89,11 +93,17 @@ class View:
         dlq = int(sum(v for k, v in metrics.items() if k.startswith("enforcer_dlq_total")))
         p50, p99 = quantile(metrics, 0.5), quantile(metrics, 0.99)
         elapsed = now - self.started
-        header = ("summary" if final else "objection enforcer demo") + \
-            f" - {elapsed:.0f}s" + (f" of {self.duration:.0f}s" if self.duration and not final
-                                    else "") + f" - broker {self.bootstrap}"
-        lat = (f"p50 {p50 * 1000:.1f} ms  p99 {p99 * 1000:.1f} ms" if p50 is not None
-               else "no decisions yet")
+        header = (
+            ("summary" if final else "objection enforcer demo")
+            + f" - {elapsed:.0f}s"
+            + (f" of {self.duration:.0f}s" if self.duration and not final else "")
+            + f" - broker {self.bootstrap}"
+        )
+        lat = (
+            f"p50 {p50 * 1000:.1f} ms  p99 {p99 * 1000:.1f} ms"
+            if p50 is not None
+            else "no decisions yet"
+        )
         lines = [
             header,
             f"  posts in        {int(posts):>9}" + ("" if final else f"   ({rate:,.0f}/s)"),
@@ -109,21 +119,25 @@ class View:
         return "\n".join(lines)
 
 
-def _start_broker(settings: Settings, explicit: bool,
-                  workdir: Path) -> tuple[str, list[str] | None]:
+def _start_broker(
+    settings: Settings, explicit: bool, workdir: Path
+) -> tuple[str, list[str] | None]:
     if explicit:
         return settings.bootstrap_servers, None
     if not LOCAL_KAFKA.exists():
-        raise SettingsError("the local broker script is not installed here; "
-                            "pass --bootstrap-servers")
+        raise SettingsError(
+            "the local broker script is not installed here; pass --bootstrap-servers"
+        )
     port = 9092 if _port_free(9092) else _free_port()
     base = [str(LOCAL_KAFKA), "--port", str(port), "--dir", str(workdir / "kafka")]
     print(f"starting a local Kafka broker on 127.0.0.1:{port} ...", file=sys.stderr, flush=True)
-    result = subprocess.run([base[0], "start", *base[1:]], capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        [base[0], "start", *base[1:]], capture_output=True, text=True, timeout=600
+    )
     if result.returncode != 0:
-        raise SettingsError("the local broker did not start: "
-                            + (result.stderr.strip().splitlines() or ["?"])[-1])
+        raise SettingsError(
+            "the local broker did not start: " + (result.stderr.strip().splitlines() or ["?"])[-1]
+        )
     return result.stdout.strip().splitlines()[-1], base
 
 
@@ -150,33 +164,55 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     try:
         bootstrap, broker_cmd = _start_broker(settings, explicit, workdir)
         web_port = settings.web_port if _port_free(settings.web_port) else _free_port()
-        settings = dataclasses.replace(settings, bootstrap_servers=bootstrap,
-                                       data_dir=workdir / "state", web_port=web_port)
+        settings = dataclasses.replace(
+            settings, bootstrap_servers=bootstrap, data_dir=workdir / "state", web_port=web_port
+        )
         ensure_topics(settings, create_inputs=True)
         gen = make_generator(args, settings)
-        cmd = [sys.executable, "-m", "streams", "worker", "--bootstrap-servers", bootstrap,
-               "--app-id", settings.app_id, "--data-dir", str(settings.data_dir),
-               "--web-port", str(web_port), "--partitions", str(settings.partitions),
-               "--posts-topic", settings.posts_topic,
-               "--objections-topic", settings.objections_topic,
-               "--training-topic", settings.training_topic,
-               "--retractions-topic", settings.retractions_topic,
-               "--decisions-topic", settings.decisions_topic, "--dlq-topic", settings.dlq_topic,
-               "--log-level", "warn"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "streams",
+            "worker",
+            "--bootstrap-servers",
+            bootstrap,
+            "--app-id",
+            settings.app_id,
+            "--data-dir",
+            str(settings.data_dir),
+            "--web-port",
+            str(web_port),
+            "--partitions",
+            str(settings.partitions),
+            "--posts-topic",
+            settings.posts_topic,
+            "--objections-topic",
+            settings.objections_topic,
+            "--training-topic",
+            settings.training_topic,
+            "--retractions-topic",
+            settings.retractions_topic,
+            "--decisions-topic",
+            settings.decisions_topic,
+            "--dlq-topic",
+            settings.dlq_topic,
+            "--log-level",
+            "warn",
+        ]
         if settings.policy_path:
             cmd += ["--policy", str(settings.policy_path)]
         log_path = workdir / "worker.log"
         with open(log_path, "ab") as log:
-            worker = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
+            worker = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         deadline = time.monotonic() + 120
         while True:
             if worker.poll() is not None:
                 tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
                 raise SettingsError("the worker exited: " + " | ".join(tail))
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/ready",
-                                            timeout=2) as r:
+                with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/ready", timeout=2) as r:
                     if r.status == 200:
                         break
             except OSError:
@@ -206,10 +242,8 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
             except OSError:
                 pass
             interrupted.wait(1.0)
-        try:
+        with contextlib.suppress(OSError):
             metrics = scrape(web_port)
-        except OSError:
-            pass
     finally:
         stop.set()
         if producer_thread is not None:
@@ -222,8 +256,9 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
                 os.killpg(worker.pid, signal.SIGKILL)
                 worker.wait()
         if broker_cmd is not None:
-            subprocess.run([broker_cmd[0], "stop", *broker_cmd[1:]], capture_output=True,
-                           timeout=120)
+            subprocess.run(
+                [broker_cmd[0], "stop", *broker_cmd[1:]], capture_output=True, timeout=120
+            )
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if view is not None:

@@ -38,12 +38,26 @@ class Effects:
     @property
     def empty(self) -> bool:
         """True when nothing is to be written."""
-        return not (self.publish or self.tombstones or self.retractions or self.decisions
-                    or self.ledger_add or self.ledger_remove)
+        return not (
+            self.publish
+            or self.tombstones
+            or self.retractions
+            or self.decisions
+            or self.ledger_add
+            or self.ledger_remove
+        )
 
 
-def _decision(post_id: str, user_id: str, outcome: Outcome, reason: Reason, policy: Policy,
-              now: int, source: Source, replay_id: str | None) -> dict[str, Any]:
+def _decision(
+    post_id: str,
+    user_id: str,
+    outcome: Outcome,
+    reason: Reason,
+    policy: Policy,
+    now: int,
+    source: Source,
+    replay_id: str | None,
+) -> dict[str, Any]:
     return {
         "post_id": post_id,
         "user_id": user_id,
@@ -72,8 +86,9 @@ def training_record(post: Mapping[str, Any], policy: Policy, now: int) -> dict[s
     }
 
 
-def _retraction(user_id: str, cause: str, platforms: set[str], post_ids: list[str],
-                now: int) -> dict[str, Any]:
+def _retraction(
+    user_id: str, cause: str, platforms: set[str], post_ids: list[str], now: int
+) -> dict[str, Any]:
     return {
         "user_id": user_id,
         "objection_event_id": cause,
@@ -89,8 +104,15 @@ def _objection_cause(state: ConsentState, platform: str) -> str:
     return max(marks).event_id if marks else "unknown"
 
 
-def on_post(policy: Policy, post: Mapping[str, Any], state: ConsentState, live: bool, now: int,
-            source: Source, replay_id: str | None = None) -> Effects:
+def on_post(
+    policy: Policy,
+    post: Mapping[str, Any],
+    state: ConsentState,
+    live: bool,
+    now: int,
+    source: Source,
+    replay_id: str | None = None,
+) -> Effects:
     """Decide a post.
 
     Live traffic (``replay_id`` None) always yields one decision: published if
@@ -105,8 +127,9 @@ def on_post(policy: Policy, post: Mapping[str, Any], state: ConsentState, live: 
             return fx
         fx.publish.append(training_record(post, policy, now))
         fx.ledger_add[post_id] = platform
-        fx.decisions.append(_decision(post_id, user_id, Outcome.PUBLISHED, reason, policy, now,
-                                      source, replay_id))
+        fx.decisions.append(
+            _decision(post_id, user_id, Outcome.PUBLISHED, reason, policy, now, source, replay_id)
+        )
     elif live:
         if reason is Reason.OBJECTED:
             cause = _objection_cause(state, platform)
@@ -115,17 +138,24 @@ def on_post(policy: Policy, post: Mapping[str, Any], state: ConsentState, live: 
         fx.tombstones.append(post_id)
         fx.ledger_remove.append(post_id)
         fx.retractions.append(_retraction(user_id, cause, {platform}, [post_id], now))
-        fx.decisions.append(_decision(post_id, user_id, Outcome.RETRACTED, reason, policy, now,
-                                      source, replay_id))
+        fx.decisions.append(
+            _decision(post_id, user_id, Outcome.RETRACTED, reason, policy, now, source, replay_id)
+        )
     elif replay_id is None:
-        fx.decisions.append(_decision(post_id, user_id, Outcome.BLOCKED, reason, policy, now,
-                                      source, None))
+        fx.decisions.append(
+            _decision(post_id, user_id, Outcome.BLOCKED, reason, policy, now, source, None)
+        )
     return fx
 
 
-def on_objection(policy: Policy, state: ConsentState, event: Mapping[str, Any],
-                 live_posts: Mapping[str, str], now: int,
-                 source: Source) -> tuple[ConsentState, Effects]:
+def on_objection(
+    policy: Policy,
+    state: ConsentState,
+    event: Mapping[str, Any],
+    live_posts: Mapping[str, str],
+    now: int,
+    source: Source,
+) -> tuple[ConsentState, Effects]:
     """Apply an objection event; retract every live post on a platform now objected.
 
     The retraction is derived from the resulting state, not from the transition, so

@@ -15,8 +15,10 @@ from .codec import Codec
 
 COUNTRIES = (("GB", 0.55), ("IE", 0.1), ("FR", 0.1), ("DE", 0.1), ("US", 0.15))
 VISIBILITY = (("PUBLIC", 0.7), ("FRIENDS", 0.2), ("PRIVATE", 0.1))
-WORDS = ("the quick brown fox jumps over a lazy dog while our garden grows tomatoes and "
-         "everyone talks about the weekend match").split()
+WORDS = (
+    "the quick brown fox jumps over a lazy dog while our garden grows tomatoes and "
+    "everyone talks about the weekend match"
+).split()
 BASE_TIME_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
 
@@ -43,9 +45,17 @@ def _pick(rnd: random.Random, table: tuple[tuple[str, float], ...]) -> str:
 class TrafficGenerator:
     """Produces a reproducible mix of records for ``users`` users."""
 
-    def __init__(self, users: int = 1000, seed: int = 1, *, objector_share: float = 0.1,
-                 objection_rate: float = 0.05, bad_ratio: float = 0.0,
-                 codec: Codec | None = None, run_id: str = "") -> None:
+    def __init__(
+        self,
+        users: int = 1000,
+        seed: int = 1,
+        *,
+        objector_share: float = 0.1,
+        objection_rate: float = 0.05,
+        bad_ratio: float = 0.0,
+        codec: Codec | None = None,
+        run_id: str = "",
+    ) -> None:
         if users < 1:
             raise ValueError("users must be at least 1")
         self.users = users
@@ -85,8 +95,9 @@ class TrafficGenerator:
             "author_is_adult": adult,
             "created_at": self._clock,
             "text": " ".join(rnd.choice(WORDS) for _ in range(words)),
-            "media_urls": ([f"https://cdn.example/{self.run}/{self._posts}.jpg"]
-                           if rnd.random() < 0.3 else []),
+            "media_urls": (
+                [f"https://cdn.example/{self.run}/{self._posts}.jpg"] if rnd.random() < 0.3 else []
+            ),
         }
 
     def objection(self, user: int | None = None) -> dict:
@@ -136,8 +147,13 @@ class TrafficGenerator:
             yield self._encode_objection(event)
 
     def _encode_objection(self, event: dict) -> Generated:
-        return Generated("objection", "objections", event["event_id"].encode(),
-                         self.codec.encode("ObjectionEvent", event), event)
+        return Generated(
+            "objection",
+            "objections",
+            event["event_id"].encode(),
+            self.codec.encode("ObjectionEvent", event),
+            event,
+        )
 
     def records(self, count: int) -> Iterator[Generated]:
         """``count`` records: posts, objection events and malformed ones, mixed."""
@@ -153,5 +169,6 @@ class TrafficGenerator:
                 yield self._encode_objection(event)
             else:
                 p = self.post()
-                yield Generated("post", "posts", p["post_id"].encode(),
-                                self.codec.encode("Post", p), p)
+                yield Generated(
+                    "post", "posts", p["post_id"].encode(), self.codec.encode("Post", p), p
+                )

@@ -87,8 +87,10 @@ class Ledger:
     def live_posts(self, partition: int, user_id: str) -> dict[str, str]:
         """Every live post of a user as post id -> platform."""
         prefix = user_prefix(user_id)
-        return {key[len(prefix):].decode("utf-8"): value.decode("utf-8")
-                for key, value in self.state.scan(partition, prefix)}
+        return {
+            key[len(prefix) :].decode("utf-8"): value.decode("utf-8")
+            for key, value in self.state.scan(partition, prefix)
+        }
 
     def add(self, partition: int, user_id: str, post_id: str, platform: str) -> None:
         """Record a post as live (rewritten even if present: the changelog converges)."""

@@ -39,27 +39,35 @@ class Metrics:
         ]
         for (outcome, reason), n in sorted(self.decisions.items()):
             out.append(f'enforcer_decisions_total{{outcome="{outcome}",reason="{reason}"}} {n}')
-        out += ["# HELP enforcer_dlq_total Records sent to the dead-letter topic, by source topic.",
-                "# TYPE enforcer_dlq_total counter"]
+        out += [
+            "# HELP enforcer_dlq_total Records sent to the dead-letter topic, by source topic.",
+            "# TYPE enforcer_dlq_total counter",
+        ]
         for topic, n in sorted(self.dlq.items()):
             out.append(f'enforcer_dlq_total{{source_topic="{topic}"}} {n}')
-        out += ["# HELP enforcer_inputs_total Input records read, by kind.",
-                "# TYPE enforcer_inputs_total counter"]
+        out += [
+            "# HELP enforcer_inputs_total Input records read, by kind.",
+            "# TYPE enforcer_inputs_total counter",
+        ]
         for kind, n in sorted(self.inputs.items()):
             out.append(f'enforcer_inputs_total{{kind="{kind}"}} {n}')
-        out += ["# HELP enforcer_objection_events_total Objection events applied to the consent "
-                "table, by action.",
-                "# TYPE enforcer_objection_events_total counter"]
+        out += [
+            "# HELP enforcer_objection_events_total Objection events applied to the consent "
+            "table, by action.",
+            "# TYPE enforcer_objection_events_total counter",
+        ]
         for action, n in sorted(self.objections.items()):
             out.append(f'enforcer_objection_events_total{{action="{action}"}} {n}')
-        out += ["# HELP enforcer_retractions_total Retraction records written.",
-                "# TYPE enforcer_retractions_total counter",
-                f"enforcer_retractions_total {self.retractions}",
-                "# HELP enforcer_retracted_posts_total Posts retracted from training-ingest.",
-                "# TYPE enforcer_retracted_posts_total counter",
-                f"enforcer_retracted_posts_total {self.retracted_posts}",
-                "# HELP enforcer_decision_latency_seconds Input record timestamp to decision.",
-                "# TYPE enforcer_decision_latency_seconds histogram"]
+        out += [
+            "# HELP enforcer_retractions_total Retraction records written.",
+            "# TYPE enforcer_retractions_total counter",
+            f"enforcer_retractions_total {self.retractions}",
+            "# HELP enforcer_retracted_posts_total Posts retracted from training-ingest.",
+            "# TYPE enforcer_retracted_posts_total counter",
+            f"enforcer_retracted_posts_total {self.retracted_posts}",
+            "# HELP enforcer_decision_latency_seconds Input record timestamp to decision.",
+            "# TYPE enforcer_decision_latency_seconds histogram",
+        ]
         cumulative = 0
         for bound, n in zip(LATENCY_BUCKETS, self.latency_counts, strict=False):
             cumulative += n

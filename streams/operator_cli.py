@@ -16,49 +16,93 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_common_arguments(gen)
     add_generator_arguments(gen)
     gen.add_argument("--count", type=int, default=10_000, help="records to produce (default 10000)")
-    gen.add_argument("--rate", type=float, default=0.0,
-                     help="records per second (default 0: as fast as possible)")
-    gen.add_argument("--objections-first", action="store_true",
-                     help="start with one OBJECT event for every objector")
+    gen.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="records per second (default 0: as fast as possible)",
+    )
+    gen.add_argument(
+        "--objections-first",
+        action="store_true",
+        help="start with one OBJECT event for every objector",
+    )
 
-    replay = sub.add_parser("replay", help="re-decide past posts under the current consent "
-                            "state and policy of the running worker")
+    replay = sub.add_parser(
+        "replay",
+        help="re-decide past posts under the current consent "
+        "state and policy of the running worker",
+    )
     add_common_arguments(replay)
-    replay.add_argument("--from", dest="start", default="0",
-                        help="first post time, ISO 8601 or epoch millis (default: the beginning)")
-    replay.add_argument("--to", dest="end", default=None,
-                        help="last post time, ISO 8601 or epoch millis (default: now)")
+    replay.add_argument(
+        "--from",
+        dest="start",
+        default="0",
+        help="first post time, ISO 8601 or epoch millis (default: the beginning)",
+    )
+    replay.add_argument(
+        "--to",
+        dest="end",
+        default=None,
+        help="last post time, ISO 8601 or epoch millis (default: now)",
+    )
     replay.add_argument("--users", default=None, help="only these user ids, comma-separated")
-    replay.add_argument("--users-file", default=None, help="only the user ids in this file, "
-                        "one per line")
-    replay.add_argument("--dry-run", action="store_true",
-                        help="print what would change without writing anything")
-    replay.add_argument("--timeout", type=float, default=300.0,
-                        help="seconds to wait for the worker's answers (default 300)")
+    replay.add_argument(
+        "--users-file", default=None, help="only the user ids in this file, one per line"
+    )
+    replay.add_argument(
+        "--dry-run", action="store_true", help="print what would change without writing anything"
+    )
+    replay.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        help="seconds to wait for the worker's answers (default 300)",
+    )
 
-    demo = sub.add_parser("demo", help="the embedded demo: a local broker, the topics, a worker "
-                          "and synthetic traffic, with a live view")
+    demo = sub.add_parser(
+        "demo",
+        help="the embedded demo: a local broker, the topics, a worker "
+        "and synthetic traffic, with a live view",
+    )
     add_common_arguments(demo)
     add_generator_arguments(demo, users=2000, bad_ratio=0.005)
-    demo.add_argument("--duration", type=float, default=0.0,
-                      help="seconds to run (default: until Ctrl-C)")
-    demo.add_argument("--rate", type=float, default=1000.0,
-                      help="synthetic records per second (default 1000)")
+    demo.add_argument(
+        "--duration", type=float, default=0.0, help="seconds to run (default: until Ctrl-C)"
+    )
+    demo.add_argument(
+        "--rate", type=float, default=1000.0, help="synthetic records per second (default 1000)"
+    )
 
 
-def add_generator_arguments(parser: argparse.ArgumentParser, users: int = 1000,
-                            bad_ratio: float = 0.0) -> None:
+def add_generator_arguments(
+    parser: argparse.ArgumentParser, users: int = 1000, bad_ratio: float = 0.0
+) -> None:
     """Flags shared by ``generate`` and ``demo``."""
     g = parser.add_argument_group("traffic")
-    g.add_argument("--users", dest="gen_users", type=int, default=users,
-                   help=f"distinct users (default {users})")
+    g.add_argument(
+        "--users",
+        dest="gen_users",
+        type=int,
+        default=users,
+        help=f"distinct users (default {users})",
+    )
     g.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
-    g.add_argument("--bad-ratio", type=float, default=bad_ratio,
-                   help=f"share of malformed records (default {bad_ratio})")
-    g.add_argument("--objector-share", type=float, default=0.1,
-                   help="share of users who object (default 0.1)")
-    g.add_argument("--objection-rate", type=float, default=0.03,
-                   help="share of records that are objection events (default 0.03)")
+    g.add_argument(
+        "--bad-ratio",
+        type=float,
+        default=bad_ratio,
+        help=f"share of malformed records (default {bad_ratio})",
+    )
+    g.add_argument(
+        "--objector-share", type=float, default=0.1, help="share of users who object (default 0.1)"
+    )
+    g.add_argument(
+        "--objection-rate",
+        type=float,
+        default=0.03,
+        help="share of records that are objection events (default 0.03)",
+    )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -72,7 +116,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     return run_demo(args, settings)
 
 
-def make_generator(args: argparse.Namespace, settings: Settings):  # noqa: ANN201
+def make_generator(args: argparse.Namespace, settings: Settings):
     """A traffic generator from the traffic flags."""
     from .cli import make_codec
     from .generator import TrafficGenerator
@@ -81,9 +125,14 @@ def make_generator(args: argparse.Namespace, settings: Settings):  # noqa: ANN20
         raise SettingsError("--users must be at least 1")
     if not 0 <= args.bad_ratio < 1 or not 0 <= args.objection_rate < 1:
         raise SettingsError("--bad-ratio and --objection-rate must be between 0 and 1")
-    return TrafficGenerator(args.gen_users, args.seed, objector_share=args.objector_share,
-                            objection_rate=args.objection_rate, bad_ratio=args.bad_ratio,
-                            codec=make_codec(settings))
+    return TrafficGenerator(
+        args.gen_users,
+        args.seed,
+        objector_share=args.objector_share,
+        objection_rate=args.objection_rate,
+        bad_ratio=args.bad_ratio,
+        codec=make_codec(settings),
+    )
 
 
 def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
@@ -93,8 +142,9 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     gen = make_generator(args, settings)
     if args.count < 0 or args.rate < 0:
         raise SettingsError("--count and --rate must not be negative")
-    counts = produce_traffic(settings, gen, args.count, args.rate,
-                             objections_first=args.objections_first)
+    counts = produce_traffic(
+        settings, gen, args.count, args.rate, objections_first=args.objections_first
+    )
     print(" ".join(f"{k}={v}" for k, v in sorted(counts.items())))
     return 0
 
@@ -113,10 +163,13 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
         except OSError as exc:
             raise SettingsError(f"cannot read --users-file: {exc.strerror or exc}") from None
         users = (users or set()) | {line.strip() for line in lines if line.strip()}
-    plan = ReplayPlan(start_ms=parse_time(args.start, "--from"),
-                      end_ms=parse_time(args.end, "--to") if args.end else now_ms(),
-                      users=frozenset(users) if users is not None else None,
-                      dry_run=args.dry_run, timeout=args.timeout)
+    plan = ReplayPlan(
+        start_ms=parse_time(args.start, "--from"),
+        end_ms=parse_time(args.end, "--to") if args.end else now_ms(),
+        users=frozenset(users) if users is not None else None,
+        dry_run=args.dry_run,
+        timeout=args.timeout,
+    )
     started = time.monotonic()
     try:
         report = run_replay(settings, plan, make_codec(settings))

@@ -54,8 +54,12 @@ class OutputProducer:
 
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
-            log.critical("could not deliver a record to %s (%s); exiting so that the input "
-                         "is processed again", msg.topic(), err.str())
+            log.critical(
+                "could not deliver a record to %s (%s); exiting so that the input "
+                "is processed again",
+                msg.topic(),
+                err.str(),
+            )
             logging.shutdown()
             os._exit(70)
         topic = msg.topic()
@@ -65,17 +69,25 @@ class OutputProducer:
             if offset > self.changelog_offsets.get(key, -1):
                 self.changelog_offsets[key] = offset
 
-    def produce(self, topic: str, key: bytes | None, value: bytes | None,
-                partition: int | None = None, headers: list | None = None) -> None:
+    def produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None = None,
+        headers: list | None = None,
+    ) -> None:
         """Queue one record (blocks briefly only when librdkafka's queue is full)."""
         while True:
             try:
                 if partition is None:
-                    self.producer.produce(topic, value, key, headers=headers,
-                                          on_delivery=self._delivered)
+                    self.producer.produce(
+                        topic, value, key, headers=headers, on_delivery=self._delivered
+                    )
                 else:
-                    self.producer.produce(topic, value, key, partition, headers=headers,
-                                          on_delivery=self._delivered)
+                    self.producer.produce(
+                        topic, value, key, partition, headers=headers, on_delivery=self._delivered
+                    )
                 break
             except BufferError:
                 self.producer.poll(0.05)
@@ -97,8 +109,9 @@ class OutputProducer:
             os._exit(70)
 
 
-def hook_commit(app: Any, outputs: OutputProducer,
-                after_flush: Callable[[], None] | None = None) -> None:
+def hook_commit(
+    app: Any, outputs: OutputProducer, after_flush: Callable[[], None] | None = None
+) -> None:
     """Make Faust's pre-commit producer flush also flush ``outputs``.
 
     The flush runs synchronously on the event loop: no agent can queue more records

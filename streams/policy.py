@@ -79,8 +79,9 @@ def decide(policy: Policy, post: Mapping[str, Any], objected: bool) -> tuple[Out
 _KEYS = {"version", "countries", "visibilities", "platforms", "adults_only"}
 
 
-def _string_list(data: Mapping[str, Any], key: str, allowed: frozenset[str] | tuple[str, ...],
-                 what: str) -> frozenset[str]:
+def _string_list(
+    data: Mapping[str, Any], key: str, allowed: frozenset[str] | tuple[str, ...], what: str
+) -> frozenset[str]:
     value = data[key]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise PolicyError(f"'{key}' must be a list of strings")

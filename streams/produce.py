@@ -15,13 +15,25 @@ from .settings import Settings
 
 def traffic_producer(settings: Settings) -> Producer:
     """A producer like an upstream one: librdkafka's default partitioner, batched."""
-    return Producer({"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 10,
-                     "batch.num.messages": 10000, "queue.buffering.max.messages": 500000,
-                     "enable.idempotence": True, "compression.type": "none"})
+    return Producer(
+        {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "linger.ms": 10,
+            "batch.num.messages": 10000,
+            "queue.buffering.max.messages": 500000,
+            "enable.idempotence": True,
+            "compression.type": "none",
+        }
+    )
 
 
-def produce_records(producer: Producer, settings: Settings, records: Iterable[Generated],
-                    rate: float = 0.0, stop: threading.Event | None = None) -> Counter:
+def produce_records(
+    producer: Producer,
+    settings: Settings,
+    records: Iterable[Generated],
+    rate: float = 0.0,
+    stop: threading.Event | None = None,
+) -> Counter:
     """Produce records (at ``rate`` per second if given); returns counts by kind."""
     topics = {"posts": settings.posts_topic, "objections": settings.objections_topic}
     counts: Counter = Counter()
@@ -46,8 +58,14 @@ def produce_records(producer: Producer, settings: Settings, records: Iterable[Ge
     return counts
 
 
-def produce_traffic(settings: Settings, gen: TrafficGenerator, count: int, rate: float = 0.0,
-                    *, objections_first: bool = False) -> Counter:
+def produce_traffic(
+    settings: Settings,
+    gen: TrafficGenerator,
+    count: int,
+    rate: float = 0.0,
+    *,
+    objections_first: bool = False,
+) -> Counter:
     """Generate and produce ``count`` records, then flush."""
     producer = traffic_producer(settings)
     counts: Counter = Counter()

@@ -82,8 +82,10 @@ class Rekeyer(threading.Thread):
         self.metrics = metrics
         self.stopping = threading.Event()
         self.assigned = threading.Event()
-        self._kinds = {settings.posts_topic: (POST, KIND_POST, check_post),
-                       settings.objections_topic: (OBJECTION, KIND_OBJECTION, check_objection)}
+        self._kinds = {
+            settings.posts_topic: (POST, KIND_POST, check_post),
+            settings.objections_topic: (OBJECTION, KIND_OBJECTION, check_objection),
+        }
         self._failure: str | None = None
 
     def run(self) -> None:
@@ -127,11 +129,15 @@ class Rekeyer(threading.Thread):
             producer.flush(30)
             consumer.close()
 
-    def _forward(self, msg: Message, producer: Producer, internal: str, partitions: int,
-                 delivered: Any) -> None:
+    def _forward(
+        self, msg: Message, producer: Producer, internal: str, partitions: int, delivered: Any
+    ) -> None:
         topic, value = msg.topic(), msg.value()
-        source = [(SRC_TOPIC, topic.encode()), (SRC_PARTITION, str(msg.partition()).encode()),
-                  (SRC_OFFSET, str(msg.offset()).encode())]
+        source = [
+            (SRC_TOPIC, topic.encode()),
+            (SRC_PARTITION, str(msg.partition()).encode()),
+            (SRC_OFFSET, str(msg.offset()).encode()),
+        ]
         expected, kind, check = self._kinds[topic]
         try:
             if value is None:
@@ -142,28 +148,51 @@ class Rekeyer(threading.Thread):
             self._dlq(msg, producer, str(exc), source, delivered)
             return
         except Exception as exc:  # never let one record stop the worker
-            self._dlq(msg, producer, f"cannot read record: {type(exc).__name__}", source,
-                      delivered)
+            self._dlq(msg, producer, f"cannot read record: {type(exc).__name__}", source, delivered)
             return
         self.metrics.inputs[kind.decode()] += 1
         key = datum["user_id"].encode("utf-8")
         _, timestamp = msg.timestamp()
-        self._produce(producer, internal, value, key, partition_for_user(key, partitions),
-                      [(KIND, kind), *source], delivered, timestamp)
+        self._produce(
+            producer,
+            internal,
+            value,
+            key,
+            partition_for_user(key, partitions),
+            [(KIND, kind), *source],
+            delivered,
+            timestamp,
+        )
 
-    def _dlq(self, msg: Message, producer: Producer, reason: str, source: list,
-             delivered: Any) -> None:
+    def _dlq(
+        self, msg: Message, producer: Producer, reason: str, source: list, delivered: Any
+    ) -> None:
         self.metrics.dlq[msg.topic()] += 1
         log.warning("DLQ %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), reason)
-        headers = list(msg.headers() or []) + [("error", reason.encode("utf-8", "replace")),
-                                               *source]
-        self._produce(producer, self.settings.dlq_topic, msg.value(), msg.key(), None, headers,
-                      delivered, None)
+        error = ("error", reason.encode("utf-8", "replace"))
+        headers = [*(msg.headers() or []), error, *source]
+        self._produce(
+            producer,
+            self.settings.dlq_topic,
+            msg.value(),
+            msg.key(),
+            None,
+            headers,
+            delivered,
+            None,
+        )
 
     @staticmethod
-    def _produce(producer: Producer, topic: str, value: bytes | None, key: bytes | None,
-                 partition: int | None, headers: list, delivered: Any,
-                 timestamp: int | None) -> None:
+    def _produce(
+        producer: Producer,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        partition: int | None,
+        headers: list,
+        delivered: Any,
+        timestamp: int | None,
+    ) -> None:
         kwargs: dict[str, Any] = {"headers": headers, "on_delivery": delivered}
         if partition is not None:
             kwargs["partition"] = partition

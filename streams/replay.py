@@ -31,8 +31,8 @@ from .records import (
     SRC_PARTITION,
     SRC_TOPIC,
     check_post,
+    partition_for_user,
 )
-from .records import partition_for_user
 from .settings import Settings, SettingsError
 from .topics import admin_client, describe
 
@@ -105,8 +105,9 @@ class Progress:
         self._last = now
         width = 30
         filled = int(width * done / self.total) if self.total else width
-        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] "
-                         f"{done}/{self.total}")
+        sys.stderr.write(
+            f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {done}/{self.total}"
+        )
         sys.stderr.flush()
 
     def close(self) -> None:
@@ -118,13 +119,15 @@ def _ranges(consumer: Consumer, topic: str, plan: ReplayPlan) -> list[tuple[int,
     """(partition, first offset, end offset) of the posts in the time range."""
     md = consumer.list_topics(topic, timeout=10).topics[topic]
     partitions = sorted(md.partitions)
-    starts = consumer.offsets_for_times([TopicPartition(topic, p, plan.start_ms)
-                                         for p in partitions], timeout=15)
-    ends = consumer.offsets_for_times([TopicPartition(topic, p, plan.end_ms + 1)
-                                       for p in partitions], timeout=15)
+    starts = consumer.offsets_for_times(
+        [TopicPartition(topic, p, plan.start_ms) for p in partitions], timeout=15
+    )
+    ends = consumer.offsets_for_times(
+        [TopicPartition(topic, p, plan.end_ms + 1) for p in partitions], timeout=15
+    )
     out = []
     for s, e in zip(starts, ends, strict=True):
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, s.partition), timeout=10)
+        _low, high = consumer.get_watermark_offsets(TopicPartition(topic, s.partition), timeout=10)
         first = high if s.offset < 0 else s.offset
         last = high if e.offset < 0 else e.offset
         if last > first:
@@ -132,13 +135,19 @@ def _ranges(consumer: Consumer, topic: str, plan: ReplayPlan) -> list[tuple[int,
     return out
 
 
-def _read_posts(settings: Settings, codec: Codec, plan: ReplayPlan,
-                report: ReplayReport) -> dict[str, tuple[bytes, str, int, int, str]]:
+def _read_posts(
+    settings: Settings, codec: Codec, plan: ReplayPlan, report: ReplayReport
+) -> dict[str, tuple[bytes, str, int, int, str]]:
     """The latest version of each selected post: post id -> (bytes, user, partition,
     offset, topic)."""
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers,
-                         "group.id": f"{settings.app_id}-replay-{plan.replay_id}",
-                         "enable.auto.commit": False, "isolation.level": "read_committed"})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "group.id": f"{settings.app_id}-replay-{plan.replay_id}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
     selected: dict[str, tuple[bytes, str, int, int, str]] = {}
     try:
         ranges = _ranges(consumer, settings.posts_topic, plan)
@@ -189,15 +198,23 @@ def run_replay(settings: Settings, plan: ReplayPlan, codec: Codec) -> ReplayRepo
     existing = describe(admin_client(settings), settings)
     for topic in (settings.posts_topic, settings.user_events_topic, settings.replay_results_topic):
         if topic not in existing:
-            raise ReplayError(f"topic {topic} does not exist; is the app id {settings.app_id!r} "
-                              "right and `enforcer topics create` done?")
+            raise ReplayError(
+                f"topic {topic} does not exist; is the app id {settings.app_id!r} "
+                "right and `enforcer topics create` done?"
+            )
     if not worker_running(settings):
-        raise ReplayError(f"no worker of app id {settings.app_id!r} is running; start "
-                          "`enforcer worker` first")
+        raise ReplayError(
+            f"no worker of app id {settings.app_id!r} is running; start `enforcer worker` first"
+        )
     report = ReplayReport(plan.replay_id)
-    results = Consumer({"bootstrap.servers": settings.bootstrap_servers,
-                        "group.id": f"{settings.app_id}-replay-results-{plan.replay_id}",
-                        "enable.auto.commit": False, "auto.offset.reset": "latest"})
+    results = Consumer(
+        {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "group.id": f"{settings.app_id}-replay-results-{plan.replay_id}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "latest",
+        }
+    )
     try:
         md = results.list_topics(settings.replay_results_topic, timeout=10)
         parts = md.topics[settings.replay_results_topic].partitions
@@ -205,7 +222,8 @@ def run_replay(settings: Settings, plan: ReplayPlan, codec: Codec) -> ReplayRepo
         ends = []
         for p in parts:
             _, high = results.get_watermark_offsets(
-                TopicPartition(settings.replay_results_topic, p), timeout=10)
+                TopicPartition(settings.replay_results_topic, p), timeout=10
+            )
             ends.append(TopicPartition(settings.replay_results_topic, p, high))
         results.assign(ends)
         selected = _read_posts(settings, codec, plan, report)
@@ -216,10 +234,16 @@ def run_replay(settings: Settings, plan: ReplayPlan, codec: Codec) -> ReplayRepo
     return report
 
 
-def _send_requests(settings: Settings, plan: ReplayPlan,
-                   selected: Iterable[tuple[bytes, str, int, int, str]]) -> None:
-    producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 5,
-                         "enable.idempotence": True})
+def _send_requests(
+    settings: Settings, plan: ReplayPlan, selected: Iterable[tuple[bytes, str, int, int, str]]
+) -> None:
+    producer = Producer(
+        {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "linger.ms": 5,
+            "enable.idempotence": True,
+        }
+    )
     failures: list[str] = []
 
     def delivered(err, _msg) -> None:
@@ -228,15 +252,24 @@ def _send_requests(settings: Settings, plan: ReplayPlan,
 
     for value, user_id, partition, offset, topic in selected:
         key = user_id.encode("utf-8")
-        headers = [(KIND, KIND_REPLAY), (REPLAY_ID, plan.replay_id.encode()),
-                   (REPLAY_DRY_RUN, b"1" if plan.dry_run else b"0"),
-                   (SRC_TOPIC, topic.encode()), (SRC_PARTITION, str(partition).encode()),
-                   (SRC_OFFSET, str(offset).encode())]
+        headers = [
+            (KIND, KIND_REPLAY),
+            (REPLAY_ID, plan.replay_id.encode()),
+            (REPLAY_DRY_RUN, b"1" if plan.dry_run else b"0"),
+            (SRC_TOPIC, topic.encode()),
+            (SRC_PARTITION, str(partition).encode()),
+            (SRC_OFFSET, str(offset).encode()),
+        ]
         while True:
             try:
-                producer.produce(settings.user_events_topic, value, key,
-                                 partition_for_user(key, settings.partitions),
-                                 on_delivery=delivered, headers=headers)
+                producer.produce(
+                    settings.user_events_topic,
+                    value,
+                    key,
+                    partition_for_user(key, settings.partitions),
+                    on_delivery=delivered,
+                    headers=headers,
+                )
                 break
             except BufferError:
                 producer.poll(0.05)
@@ -245,16 +278,17 @@ def _send_requests(settings: Settings, plan: ReplayPlan,
         raise ReplayError(f"could not send replay requests: {failures[:1] or 'timeout'}")
 
 
-def _collect(results: Consumer, plan: ReplayPlan, report: ReplayReport,
-             pending: set[str]) -> None:
+def _collect(results: Consumer, plan: ReplayPlan, report: ReplayReport, pending: set[str]) -> None:
     progress = Progress(len(pending), "re-deciding")
     total = len(pending)
     deadline = time.monotonic() + plan.timeout
     while pending:
         if time.monotonic() > deadline:
             progress.close()
-            raise ReplayError(f"the worker answered {total - len(pending)} of {total} replay "
-                              f"requests within {plan.timeout:.0f}s; run the replay again")
+            raise ReplayError(
+                f"the worker answered {total - len(pending)} of {total} replay "
+                f"requests within {plan.timeout:.0f}s; run the replay again"
+            )
         for msg in results.consume(5000, timeout=0.5):
             if msg.error() or msg.key() != plan.replay_id.encode():
                 continue
@@ -264,8 +298,9 @@ def _collect(results: Consumer, plan: ReplayPlan, report: ReplayReport,
             pending.discard(answer["post_id"])
             report.changes[(answer["change"], answer["reason"])] += 1
             if answer["change"] != "UNCHANGED":
-                report.changed_posts.append((answer["post_id"], answer["user_id"],
-                                             answer["change"], answer["reason"]))
+                report.changed_posts.append(
+                    (answer["post_id"], answer["user_id"], answer["change"], answer["reason"])
+                )
         progress.update(total - len(pending))
     progress.update(total, force=True)
     progress.close()
@@ -283,13 +318,14 @@ def format_report(report: ReplayReport, dry_run: bool) -> str:
     lines.append(f"{'change':<12}{'reason':<20}{'posts':>8}")
     for (change, reason), n in sorted(report.changes.items()):
         lines.append(f"{change:<12}{reason:<20}{n:>8}")
-    lines.append(f"replay {report.replay_id}: {report.read} records read, {report.selected} posts "
-                 f"re-decided, {report.skipped} unreadable skipped, "
-                 f"{len(report.changed_posts)} {'would change' if dry_run else 'changed'}")
+    lines.append(
+        f"replay {report.replay_id}: {report.read} records read, {report.selected} posts "
+        f"re-decided, {report.skipped} unreadable skipped, "
+        f"{len(report.changed_posts)} {'would change' if dry_run else 'changed'}"
+    )
     return "\n".join(lines)
 
 
 def now_ms() -> int:
     """The current time in epoch milliseconds."""
     return int(time.time() * 1000)
-

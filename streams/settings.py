@@ -23,8 +23,11 @@ TOPIC_FLAGS = {
     "posts_topic": ("--posts-topic", "ENFORCER_POSTS_TOPIC", "posts"),
     "objections_topic": ("--objections-topic", "ENFORCER_OBJECTIONS_TOPIC", "objections"),
     "training_topic": ("--training-topic", "ENFORCER_TRAINING_TOPIC", "training-ingest"),
-    "retractions_topic": ("--retractions-topic", "ENFORCER_RETRACTIONS_TOPIC",
-                          "training-retractions"),
+    "retractions_topic": (
+        "--retractions-topic",
+        "ENFORCER_RETRACTIONS_TOPIC",
+        "training-retractions",
+    ),
     "decisions_topic": ("--decisions-topic", "ENFORCER_DECISIONS_TOPIC", "enforcer-decisions"),
     "dlq_topic": ("--dlq-topic", "ENFORCER_DLQ_TOPIC", "enforcer-dlq"),
 }
@@ -107,22 +110,40 @@ def _env_int(name: str) -> int | None:
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """The contract's common flags; defaults are resolved later by ``from_args``."""
     g = parser.add_argument_group("common")
-    g.add_argument("--bootstrap-servers", help="Kafka bootstrap servers "
-                   f"[KAFKA_BOOTSTRAP_SERVERS, default {DEFAULT_BOOTSTRAP}]")
+    g.add_argument(
+        "--bootstrap-servers",
+        help=f"Kafka bootstrap servers [KAFKA_BOOTSTRAP_SERVERS, default {DEFAULT_BOOTSTRAP}]",
+    )
     g.add_argument("--data-dir", help="directory for RocksDB state [ENFORCER_DATA_DIR]")
     g.add_argument("--policy", help="policy TOML file [ENFORCER_POLICY, default: packaged]")
     g.add_argument("--app-id", help=f"application id [ENFORCER_APP_ID, default {DEFAULT_APP_ID}]")
-    g.add_argument("--web-port", type=int, help="HTTP port for /ready and /metrics "
-                   f"[ENFORCER_WEB_PORT, default {DEFAULT_WEB_PORT}]")
+    g.add_argument(
+        "--web-port",
+        type=int,
+        help=f"HTTP port for /ready and /metrics [ENFORCER_WEB_PORT, default {DEFAULT_WEB_PORT}]",
+    )
     g.add_argument("--web-host", help="HTTP bind address [ENFORCER_WEB_HOST, default 127.0.0.1]")
-    g.add_argument("--partitions", type=int, help="partitions of the internal topics and tables "
-                   f"[ENFORCER_PARTITIONS, default {DEFAULT_PARTITIONS}]")
-    g.add_argument("--replication-factor", type=int, help="replication factor of created "
-                   "topics [ENFORCER_REPLICATION_FACTOR, default min(3, brokers)]")
-    g.add_argument("--schema-registry-url", help="write the Confluent wire format through this "
-                   "registry [ENFORCER_SCHEMA_REGISTRY_URL]")
-    g.add_argument("--log-level", choices=["debug", "info", "warn", "error"],
-                   help="log level [ENFORCER_LOG_LEVEL, default info]")
+    g.add_argument(
+        "--partitions",
+        type=int,
+        help="partitions of the internal topics and tables "
+        f"[ENFORCER_PARTITIONS, default {DEFAULT_PARTITIONS}]",
+    )
+    g.add_argument(
+        "--replication-factor",
+        type=int,
+        help="replication factor of created "
+        "topics [ENFORCER_REPLICATION_FACTOR, default min(3, brokers)]",
+    )
+    g.add_argument(
+        "--schema-registry-url",
+        help="write the Confluent wire format through this registry [ENFORCER_SCHEMA_REGISTRY_URL]",
+    )
+    g.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warn", "error"],
+        help="log level [ENFORCER_LOG_LEVEL, default info]",
+    )
     for attr, (flag, env, default) in TOPIC_FLAGS.items():
         g.add_argument(flag, dest=attr, help=f"[{env}, default {default}]")
 
@@ -139,16 +160,22 @@ def from_args(args: argparse.Namespace) -> Settings:
 
     partitions = args.partitions if args.partitions is not None else _env_int("ENFORCER_PARTITIONS")
     web_port = args.web_port if args.web_port is not None else _env_int("ENFORCER_WEB_PORT")
-    rf = (args.replication_factor if args.replication_factor is not None
-          else _env_int("ENFORCER_REPLICATION_FACTOR"))
+    rf = (
+        args.replication_factor
+        if args.replication_factor is not None
+        else _env_int("ENFORCER_REPLICATION_FACTOR")
+    )
     app_id = str(pick(args.app_id, "ENFORCER_APP_ID", DEFAULT_APP_ID))
     data_dir = pick(args.data_dir, "ENFORCER_DATA_DIR", None)
     policy = pick(args.policy, "ENFORCER_POLICY", None)
-    topics = {attr: str(pick(getattr(args, attr), env_name, default))
-              for attr, (_, env_name, default) in TOPIC_FLAGS.items()}
+    topics = {
+        attr: str(pick(getattr(args, attr), env_name, default))
+        for attr, (_, env_name, default) in TOPIC_FLAGS.items()
+    }
     settings = Settings(
-        bootstrap_servers=str(pick(args.bootstrap_servers, "KAFKA_BOOTSTRAP_SERVERS",
-                                   DEFAULT_BOOTSTRAP)),
+        bootstrap_servers=str(
+            pick(args.bootstrap_servers, "KAFKA_BOOTSTRAP_SERVERS", DEFAULT_BOOTSTRAP)
+        ),
         app_id=app_id,
         data_dir=Path(str(data_dir)) if data_dir else Path(f"./enforcer-data/{app_id}"),
         policy_path=Path(str(policy)) if policy else None,

@@ -45,9 +45,14 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
 
 def admin_client(settings: Settings) -> AdminClient:
     """An admin client that fails fast when the broker cannot be reached."""
-    return AdminClient({"bootstrap.servers": settings.bootstrap_servers,
-                        "socket.connection.setup.timeout.ms": 5000,
-                        "log_level": 0, "logger": _QuietLogger()})
+    return AdminClient(
+        {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "socket.connection.setup.timeout.ms": 5000,
+            "log_level": 0,
+            "logger": _QuietLogger(),
+        }
+    )
 
 
 class _QuietLogger:
@@ -67,8 +72,10 @@ def describe(admin: AdminClient, settings: Settings, timeout: float = 10.0) -> d
     try:
         metadata = admin.list_topics(timeout=timeout)
     except KafkaException as exc:
-        raise SettingsError(f"cannot reach Kafka at {settings.bootstrap_servers}: "
-                            f"{exc.args[0].str() if exc.args else exc}") from None
+        raise SettingsError(
+            f"cannot reach Kafka at {settings.bootstrap_servers}: "
+            f"{exc.args[0].str() if exc.args else exc}"
+        ) from None
     return {name: len(t.partitions) for name, t in metadata.topics.items() if t.error is None}
 
 
@@ -91,7 +98,8 @@ def check_partitions(existing: dict[str, int], settings: Settings) -> None:
         if spec.role == "internal" and count is not None and count != settings.partitions:
             raise SettingsError(
                 f"internal topic {spec.name} has {count} partitions but the worker is configured "
-                f"for {settings.partitions}; run with --partitions {count} (or use a new --app-id)")
+                f"for {settings.partitions}; run with --partitions {count} (or use a new --app-id)"
+            )
 
 
 def ensure_topics(settings: Settings, *, create_inputs: bool) -> list[str]:
@@ -105,11 +113,16 @@ def ensure_topics(settings: Settings, *, create_inputs: bool) -> list[str]:
     check_partitions(existing, settings)
     missing_inputs = [t for t in settings.input_topics if t not in existing]
     if missing_inputs and not create_inputs:
-        raise SettingsError(f"input topic(s) {', '.join(missing_inputs)} do not exist; run "
-                            "`enforcer topics create` or check --posts-topic/--objections-topic")
+        raise SettingsError(
+            f"input topic(s) {', '.join(missing_inputs)} do not exist; run "
+            "`enforcer topics create` or check --posts-topic/--objections-topic"
+        )
     rf = replication_factor(admin, settings)
-    new = [NewTopic(spec.name, settings.partitions, rf, config=spec.config)
-           for spec in topic_specs(settings) if spec.name not in existing]
+    new = [
+        NewTopic(spec.name, settings.partitions, rf, config=spec.config)
+        for spec in topic_specs(settings)
+        if spec.name not in existing
+    ]
     created: list[str] = []
     if not new:
         return created

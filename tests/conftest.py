@@ -64,11 +64,16 @@ def kafka(request: pytest.FixtureRequest) -> Iterator[str]:
         return
     port = free_port()
     directory = tempfile.mkdtemp(prefix="enforcer-test-kafka-")
-    result = subprocess.run([str(LOCAL_KAFKA), "start", "--port", str(port), "--dir", directory],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [str(LOCAL_KAFKA), "start", "--port", str(port), "--dir", directory],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if result.returncode != 0:
-        pytest.fail(f"no Kafka broker: local-kafka start failed:\n{result.stderr[-3000:]}",
-                    pytrace=False)
+        pytest.fail(
+            f"no Kafka broker: local-kafka start failed:\n{result.stderr[-3000:]}", pytrace=False
+        )
     for line in result.stderr.splitlines():
         if "Apache Kafka" in line:
             _say(request.config, f"kafka: {line.removeprefix('local-kafka: ')}")
@@ -76,8 +81,11 @@ def kafka(request: pytest.FixtureRequest) -> Iterator[str]:
     try:
         yield bootstrap
     finally:
-        subprocess.run([str(LOCAL_KAFKA), "stop", "--port", str(port), "--dir", directory],
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            [str(LOCAL_KAFKA), "stop", "--port", str(port), "--dir", directory],
+            capture_output=True,
+            timeout=120,
+        )
         shutil.rmtree(directory, ignore_errors=True)
 
 

@@ -25,18 +25,27 @@ class Deployment:
 
     def settings(self) -> Settings:
         n = self.names
-        return Settings(bootstrap_servers=self.kafka, app_id=n.app_id, partitions=self.partitions,
-                        posts_topic=n.posts, objections_topic=n.objections,
-                        training_topic=n.training, retractions_topic=n.retractions,
-                        decisions_topic=n.decisions, dlq_topic=n.dlq, data_dir=self.data_dir)
+        return Settings(
+            bootstrap_servers=self.kafka,
+            app_id=n.app_id,
+            partitions=self.partitions,
+            posts_topic=n.posts,
+            objections_topic=n.objections,
+            training_topic=n.training,
+            retractions_topic=n.retractions,
+            decisions_topic=n.decisions,
+            dlq_topic=n.dlq,
+            data_dir=self.data_dir,
+        )
 
     def create_topics(self) -> Deployment:
         ensure_topics(self.settings(), create_inputs=True)
         return self
 
     def worker(self, *extra: str, start: bool = True, data_dir: Path | None = None) -> Worker:
-        worker = Worker(self.kafka, self.names, data_dir or self.data_dir, *extra,
-                        partitions=self.partitions)
+        worker = Worker(
+            self.kafka, self.names, data_dir or self.data_dir, *extra, partitions=self.partitions
+        )
         self.workers.append(worker)
         if start:
             worker.start()
@@ -70,8 +79,9 @@ def metric(worker: Worker, name: str, labels: str = "") -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def wait_metric(worker: Worker, name: str, labels: str, at_least: float,
-                timeout: float = 60.0) -> None:
+def wait_metric(
+    worker: Worker, name: str, labels: str, at_least: float, timeout: float = 60.0
+) -> None:
     """Poll /metrics until the value reaches ``at_least``."""
     deadline = time.monotonic() + timeout
     while metric(worker, name, labels) < at_least:
@@ -84,8 +94,9 @@ def wait_objections(worker: Worker, n: int, timeout: float = 60.0) -> None:
     """Wait until the gate has applied ``n`` objection events in all."""
     deadline = time.monotonic() + timeout
     while True:
-        total = (metric(worker, "enforcer_objection_events_total", '{action="OBJECT"}')
-                 + metric(worker, "enforcer_objection_events_total", '{action="WITHDRAW"}'))
+        total = metric(worker, "enforcer_objection_events_total", '{action="OBJECT"}') + metric(
+            worker, "enforcer_objection_events_total", '{action="WITHDRAW"}'
+        )
         if total >= n:
             return
         assert worker.alive(), worker.log()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -44,34 +45,72 @@ class Names:
         return f"{self.prefix}-app"
 
     def __getattr__(self, item: str) -> str:
-        topics = {"posts": "posts", "objections": "objections", "training": "training",
-                  "retractions": "retractions", "decisions": "decisions", "dlq": "dlq"}
+        topics = {
+            "posts": "posts",
+            "objections": "objections",
+            "training": "training",
+            "retractions": "retractions",
+            "decisions": "decisions",
+            "dlq": "dlq",
+        }
         if item in topics:
             return f"{self.prefix}-{topics[item]}"
         raise AttributeError(item)
 
     def flags(self) -> list[str]:
-        return ["--app-id", self.app_id, "--posts-topic", self.posts,
-                "--objections-topic", self.objections, "--training-topic", self.training,
-                "--retractions-topic", self.retractions, "--decisions-topic", self.decisions,
-                "--dlq-topic", self.dlq]
+        return [
+            "--app-id",
+            self.app_id,
+            "--posts-topic",
+            self.posts,
+            "--objections-topic",
+            self.objections,
+            "--training-topic",
+            self.training,
+            "--retractions-topic",
+            self.retractions,
+            "--decisions-topic",
+            self.decisions,
+            "--dlq-topic",
+            self.dlq,
+        ]
 
 
 # -- records ---------------------------------------------------------------------------
 def post(post_id: str, user_id: str, **overrides: Any) -> dict[str, Any]:
     """An eligible post under the default policy, unless overridden."""
-    record = {"post_id": post_id, "user_id": user_id, "platform": "FACEBOOK",
-              "visibility": "PUBLIC", "author_country": "GB", "author_is_adult": True,
-              "created_at": 1_700_000_000_000, "text": SECRET_TEXT, "media_urls": [SECRET_URL]}
+    record = {
+        "post_id": post_id,
+        "user_id": user_id,
+        "platform": "FACEBOOK",
+        "visibility": "PUBLIC",
+        "author_country": "GB",
+        "author_is_adult": True,
+        "created_at": 1_700_000_000_000,
+        "text": SECRET_TEXT,
+        "media_urls": [SECRET_URL],
+    }
     record.update(overrides)
     return record
 
 
-def objection(event_id: str, user_id: str, action: str = "OBJECT", platform: str | None = None,
-              occurred_at: int = 1_700_000_000_000, channel: str = "IN_APP") -> dict[str, Any]:
+def objection(
+    event_id: str,
+    user_id: str,
+    action: str = "OBJECT",
+    platform: str | None = None,
+    occurred_at: int = 1_700_000_000_000,
+    channel: str = "IN_APP",
+) -> dict[str, Any]:
     """An ObjectionEvent."""
-    return {"event_id": event_id, "user_id": user_id, "action": action, "platform": platform,
-            "occurred_at": occurred_at, "channel": channel}
+    return {
+        "event_id": event_id,
+        "user_id": user_id,
+        "action": action,
+        "platform": platform,
+        "occurred_at": occurred_at,
+        "channel": channel,
+    }
 
 
 # -- producing -------------------------------------------------------------------------
@@ -86,23 +125,36 @@ class Sender:
     """A producer of raw or encoded records, with a chosen partitioner."""
 
     def __init__(self, bootstrap: str, partitioner: str = "consistent_random") -> None:
-        self.producer = Producer({"bootstrap.servers": bootstrap, "partitioner": partitioner,
-                                  "linger.ms": 5, "enable.idempotence": True})
+        self.producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "partitioner": partitioner,
+                "linger.ms": 5,
+                "enable.idempotence": True,
+            }
+        )
 
     def posts(self, topic: str, records: Iterable[dict[str, Any]], key: Callable | None = None):
         for r in records:
             self.raw(topic, CODEC.encode("Post", r), key(r) if key else r["user_id"].encode())
         return self
 
-    def objections(self, topic: str, records: Iterable[dict[str, Any]],
-                   key: Callable | None = None):
+    def objections(
+        self, topic: str, records: Iterable[dict[str, Any]], key: Callable | None = None
+    ):
         for r in records:
-            self.raw(topic, CODEC.encode("ObjectionEvent", r),
-                     key(r) if key else r["user_id"].encode())
+            self.raw(
+                topic, CODEC.encode("ObjectionEvent", r), key(r) if key else r["user_id"].encode()
+            )
         return self
 
-    def raw(self, topic: str, value: bytes | None, key: bytes | None = None,
-            partition: int | None = None):
+    def raw(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        partition: int | None = None,
+    ):
         while True:
             try:
                 if partition is None:
@@ -143,9 +195,15 @@ class Reader:
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.topic = topic
         self.records: list[Record] = []
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{topic}",
-                                  "enable.auto.commit": False, "auto.offset.reset": "earliest",
-                                  "isolation.level": "read_committed"})
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"reader-{topic}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+            }
+        )
         md = self.consumer.list_topics(topic, timeout=10).topics[topic]
         self.consumer.assign([TopicPartition(topic, p, 0) for p in md.partitions])
 
@@ -158,15 +216,27 @@ class Reader:
             for m in msgs:
                 if m.error():
                     continue
-                new.append(Record(m.topic(), m.partition(), m.offset(), m.key(), m.value(),
-                                  dict(m.headers() or [])))
+                new.append(
+                    Record(
+                        m.topic(),
+                        m.partition(),
+                        m.offset(),
+                        m.key(),
+                        m.value(),
+                        dict(m.headers() or []),
+                    )
+                )
             if not msgs or time.monotonic() >= deadline:
                 break
         self.records.extend(new)
         return new
 
-    def wait_for(self, predicate: Callable[[list[Record]], bool], timeout: float = 60.0,
-                 what: str = "records") -> list[Record]:
+    def wait_for(
+        self,
+        predicate: Callable[[list[Record]], bool],
+        timeout: float = 60.0,
+        what: str = "records",
+    ) -> list[Record]:
         """Poll until ``predicate(all records so far)`` holds, or fail after ``timeout``."""
         deadline = time.monotonic() + timeout
         while True:
@@ -174,8 +244,10 @@ class Reader:
             if predicate(self.records):
                 return self.records
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout}s waiting for {what} on "
-                                     f"{self.topic}; have {len(self.records)}")
+                raise AssertionError(
+                    f"timed out after {timeout}s waiting for {what} on "
+                    f"{self.topic}; have {len(self.records)}"
+                )
 
     def wait_count(self, n: int, timeout: float = 60.0) -> list[Record]:
         return self.wait_for(lambda rs: len(rs) >= n, timeout, f"{n} records")
@@ -216,21 +288,47 @@ def decisions_by_post(records: Iterable[Record]) -> dict[str, list[dict[str, Any
 class Worker:
     """An ``enforcer worker`` subprocess for one test."""
 
-    def __init__(self, bootstrap: str, names: Names, data_dir: Path, *extra: str,
-                 partitions: int = 4, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        names: Names,
+        data_dir: Path,
+        *extra: str,
+        partitions: int = 4,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.data_dir = data_dir
         self.log_path = data_dir.parent / f"{data_dir.name}-worker.log"
-        self.args = [sys.executable, "-m", "streams", "worker", "--bootstrap-servers", bootstrap,
-                     *names.flags(), "--data-dir", str(data_dir), "--web-port", str(self.port),
-                     "--partitions", str(partitions), *extra]
+        self.args = [
+            sys.executable,
+            "-m",
+            "streams",
+            "worker",
+            "--bootstrap-servers",
+            bootstrap,
+            *names.flags(),
+            "--data-dir",
+            str(data_dir),
+            "--web-port",
+            str(self.port),
+            "--partitions",
+            str(partitions),
+            *extra,
+        ]
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc: subprocess.Popen | None = None
 
     def start(self, wait: bool = True, timeout: float = 90.0) -> Worker:
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
-        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
-                                     env=self.env, cwd=ROOT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=ROOT,
+            start_new_session=True,
+        )
         if wait:
             self.wait_ready(timeout)
         return self
@@ -289,7 +387,5 @@ class Worker:
 
     def __exit__(self, *exc: object) -> None:
         if self.alive():
-            try:
+            with contextlib.suppress(AssertionError):
                 self.stop()
-            except AssertionError:
-                pass

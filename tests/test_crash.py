@@ -14,8 +14,9 @@ from tests.support import live_view
 def test_kill_9_mid_stream_then_restart(kafka: str, names, tmp_path: Path) -> None:
     env = Deployment(kafka, names, tmp_path).create_topics()
     try:
-        gen = TrafficGenerator(users=400, seed=42, objector_share=0.25, objection_rate=0.08,
-                               bad_ratio=0.01)
+        gen = TrafficGenerator(
+            users=400, seed=42, objector_share=0.25, objection_rate=0.08, bad_ratio=0.01
+        )
         records = list(gen.records(20_000))
         posts = [r.datum for r in records if r.kind == "post"]
         events = [r.datum for r in records if r.kind == "objection"]
@@ -27,7 +28,8 @@ def test_kill_9_mid_stream_then_restart(kafka: str, names, tmp_path: Path) -> No
         def produce(batch) -> None:
             for r in batch:
                 (by_event_id if r.topic_kind == "objections" else by_post_id).raw(
-                    topic[r.topic_kind], r.value, r.key)
+                    topic[r.topic_kind], r.value, r.key
+                )
             by_post_id.flush()
             by_event_id.flush()
 
@@ -50,9 +52,22 @@ def test_kill_9_mid_stream_then_restart(kafka: str, names, tmp_path: Path) -> No
 
         decisions.wait_for(all_posts_decided, timeout=180, what="a decision for every post")
         dlq = env.reader(names.dlq).wait_for(
-            lambda rs: len({(r.headers["source.topic"], r.headers["source.offset"],
-                             r.headers["source.partition"]) for r in rs}) >= len(bad),
-            timeout=60, what="every malformed record in the DLQ")
+            lambda rs: (
+                len(
+                    {
+                        (
+                            r.headers["source.topic"],
+                            r.headers["source.offset"],
+                            r.headers["source.partition"],
+                        )
+                        for r in rs
+                    }
+                )
+                >= len(bad)
+            ),
+            timeout=60,
+            what="every malformed record in the DLQ",
+        )
         assert {r.headers["source.topic"].decode() for r in dlq} <= set(topic.values())
 
         training = env.reader(names.training).settle(quiet=3.0)
@@ -62,14 +77,16 @@ def test_kill_9_mid_stream_then_restart(kafka: str, names, tmp_path: Path) -> No
         for e in events:
             final[e["user_id"]] = apply(final.get(e["user_id"], EMPTY), e)
         # no leak: no live post of a user objecting on its platform
-        leaks = [p for p in live.values()
-                 if final.get(p["user_id"], EMPTY).objected(p["platform"])]
+        leaks = [p for p in live.values() if final.get(p["user_id"], EMPTY).objected(p["platform"])]
         assert leaks == [], f"{len(leaks)} posts of objected users are live"
         # no loss: every eligible post of a user who never objected is live
         policy = load_policy()
         never_objected = {p["user_id"] for p in posts} - {e["user_id"] for e in events}
-        expected = {p["post_id"] for p in posts
-                    if p["user_id"] in never_objected and policy.reason(p, False).value == "ELIGIBLE"}
+        expected = {
+            p["post_id"]
+            for p in posts
+            if p["user_id"] in never_objected and policy.reason(p, False).value == "ELIGIBLE"
+        }
         missing = expected - set(live)
         assert not missing, f"{len(missing)} eligible posts missing from training-ingest"
         assert len(expected) > 1000

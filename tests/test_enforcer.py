@@ -69,15 +69,26 @@ def test_every_policy_reason_is_decided_and_audited(env: Deployment) -> None:
 
 def test_platform_excluded_by_a_custom_policy(env: Deployment, tmp_path: Path) -> None:
     policy = tmp_path / "policy.toml"
-    policy.write_text('version = "fb-only"\ncountries = ["GB", "FR"]\nvisibilities = ["PUBLIC"]\n'
-                      'platforms = ["FACEBOOK"]\nadults_only = true\n')
+    policy.write_text(
+        'version = "fb-only"\ncountries = ["GB", "FR"]\nvisibilities = ["PUBLIC"]\n'
+        'platforms = ["FACEBOOK"]\nadults_only = true\n'
+    )
     env.worker("--policy", str(policy))
     n = env.names
-    env.sender().posts(n.posts, [post("fb", "u"), post("ig", "u", platform="INSTAGRAM"),
-                                 post("fr", "u", author_country="FR")]).flush()
+    env.sender().posts(
+        n.posts,
+        [
+            post("fb", "u"),
+            post("ig", "u", platform="INSTAGRAM"),
+            post("fr", "u", author_country="FR"),
+        ],
+    ).flush()
     decisions = decisions_by_post(env.reader(n.decisions).wait_count(3))
     assert {p: d[0]["reason"] for p, d in decisions.items()} == {
-        "fb": "ELIGIBLE", "ig": "PLATFORM_EXCLUDED", "fr": "ELIGIBLE"}
+        "fb": "ELIGIBLE",
+        "ig": "PLATFORM_EXCLUDED",
+        "fr": "ELIGIBLE",
+    }
     assert all(d[0]["policy_version"] == "fb-only" for d in decisions.values())
 
 
@@ -96,8 +107,9 @@ def test_objection_on_one_platform_blocks_only_that_platform(env: Deployment) ->
 def test_objection_after_posts_retracts_them(env: Deployment) -> None:
     n = env.names
     env.worker()
-    env.sender().posts(n.posts, [post("a1", "alice"), post("a2", "alice", platform="INSTAGRAM"),
-                                 post("b1", "bob")]).flush()
+    env.sender().posts(
+        n.posts, [post("a1", "alice"), post("a2", "alice", platform="INSTAGRAM"), post("b1", "bob")]
+    ).flush()
     training = env.reader(n.training)
     training.wait_count(3)
     env.sender().objections(n.objections, [objection("obj-1", "alice")]).flush()
@@ -112,7 +124,9 @@ def test_objection_after_posts_retracts_them(env: Deployment) -> None:
     decisions = decisions_by_post(env.reader(n.decisions).wait_count(5))
     for pid in ("a1", "a2"):
         assert [(d["outcome"], d["reason"]) for d in decisions[pid]] == [
-            ("PUBLISHED", "ELIGIBLE"), ("RETRACTED", "OBJECTED")]
+            ("PUBLISHED", "ELIGIBLE"),
+            ("RETRACTED", "OBJECTED"),
+        ]
         assert decisions[pid][1]["source_topic"] == n.objections
     # a later post of alice is blocked, and a repeated objection retracts nothing more
     env.sender().objections(n.objections, [objection("obj-1", "alice")]).flush()
@@ -142,7 +156,9 @@ def test_withdrawal_readmits_later_posts_only(env: Deployment) -> None:
     env.sender().posts(n.posts, [post("while-objected", "u")]).flush()
     decisions = env.reader(n.decisions)
     decisions.wait_count(1)
-    env.sender().objections(n.objections, [objection("w", "u", "WITHDRAW", occurred_at=2000)]).flush()
+    env.sender().objections(
+        n.objections, [objection("w", "u", "WITHDRAW", occurred_at=2000)]
+    ).flush()
     wait_objections(worker, 2)
     env.sender().posts(n.posts, [post("after", "u")]).flush()
     got = decisions_by_post(decisions.wait_count(2))
@@ -169,8 +185,9 @@ def test_out_of_order_and_duplicate_objection_events(env: Deployment) -> None:
     assert (got["p-u2"][0]["outcome"], got["p-u2"][0]["reason"]) == ("BLOCKED", "OBJECTED")
 
 
-def test_inputs_with_different_partitioners_and_partition_counts(kafka: str, names,
-                                                                tmp_path: Path) -> None:
+def test_inputs_with_different_partitioners_and_partition_counts(
+    kafka: str, names, tmp_path: Path
+) -> None:
     from tests.support import create_topics
 
     # upstream topics exist already, with partition counts unlike the worker's
@@ -183,14 +200,18 @@ def test_inputs_with_different_partitioners_and_partition_counts(kafka: str, nam
         objectors = set(rnd.sample(users, 80))
         # objections keyed by an event id, murmur2 (Java's default partitioner)
         env.sender("murmur2_random").objections(
-            names.objections, [objection(f"e-{u}", u) for u in sorted(objectors)],
-            key=lambda e: e["event_id"].encode()).flush()
+            names.objections,
+            [objection(f"e-{u}", u) for u in sorted(objectors)],
+            key=lambda e: e["event_id"].encode(),
+        ).flush()
         wait_objections(worker, len(objectors))
         # posts keyed by post id (or null), librdkafka's default partitioner
         posts = [post(f"{u}-p{j}", u) for u in users for j in range(3)]
         sender = env.sender("consistent_random")
         for i, p in enumerate(posts):
-            sender.raw(names.posts, CODEC.encode("Post", p), None if i % 2 else p["post_id"].encode())
+            sender.raw(
+                names.posts, CODEC.encode("Post", p), None if i % 2 else p["post_id"].encode()
+            )
         sender.flush()
         decisions = decisions_by_post(env.reader(names.decisions).wait_count(len(posts), 90))
         for p in posts:
@@ -251,8 +272,10 @@ def test_state_survives_restart(env: Deployment, lose_data_dir: bool) -> None:
     n = env.names
     worker = env.worker()
     env.sender().objections(n.objections, [objection("o", "objector")]).flush()
-    env.sender().posts(n.posts, [post("live-1", "later-objector"),
-                                 post("live-2", "later-objector", platform="INSTAGRAM")]).flush()
+    env.sender().posts(
+        n.posts,
+        [post("live-1", "later-objector"), post("live-2", "later-objector", platform="INSTAGRAM")],
+    ).flush()
     wait_objections(worker, 1)
     training = env.reader(n.training)
     training.wait_count(2)

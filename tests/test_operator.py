@@ -17,8 +17,10 @@ from streams.generator import TrafficGenerator
 from tests.enforcer_env import Deployment, wait_objections
 from tests.support import ROOT, decisions_by_post, live_view, objection, post
 
-POLICY = ('version = "{version}"\ncountries = {countries}\nvisibilities = ["PUBLIC"]\n'
-          'platforms = {platforms}\nadults_only = true\n')
+POLICY = (
+    'version = "{version}"\ncountries = {countries}\nvisibilities = ["PUBLIC"]\n'
+    "platforms = {platforms}\nadults_only = true\n"
+)
 
 
 @pytest.fixture
@@ -28,18 +30,42 @@ def env(kafka: str, names, tmp_path: Path) -> Iterator[Deployment]:
     deployment.close()
 
 
-def policy_file(tmp_path: Path, version: str, countries: list[str],
-                platforms: tuple[str, ...] = ("FACEBOOK", "INSTAGRAM")) -> str:
+def policy_file(
+    tmp_path: Path,
+    version: str,
+    countries: list[str],
+    platforms: tuple[str, ...] = ("FACEBOOK", "INSTAGRAM"),
+) -> str:
     path = tmp_path / f"{version}.toml"
-    path.write_text(POLICY.format(version=version, countries=str(countries).replace("'", '"'),
-                                  platforms=str(list(platforms)).replace("'", '"')))
+    path.write_text(
+        POLICY.format(
+            version=version,
+            countries=str(countries).replace("'", '"'),
+            platforms=str(list(platforms)).replace("'", '"'),
+        )
+    )
     return str(path)
 
 
 def replay(env: Deployment, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "streams", "replay", "--bootstrap-servers",
-                           env.kafka, *env.names.flags(), "--partitions", str(env.partitions),
-                           *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streams",
+            "replay",
+            "--bootstrap-servers",
+            env.kafka,
+            *env.names.flags(),
+            "--partitions",
+            str(env.partitions),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
 
 
 def changes(output: str) -> dict[tuple[str, str], int]:
@@ -53,12 +79,14 @@ def test_withdrawal_then_replay_readmits_blocked_posts(env: Deployment) -> None:
     worker = env.worker()
     env.sender().objections(n.objections, [objection("o", "u", occurred_at=1000)]).flush()
     wait_objections(worker, 1)
-    env.sender().posts(n.posts, [post("p1", "u"), post("p2", "u", platform="INSTAGRAM"),
-                                 post("other", "v")]).flush()
+    env.sender().posts(
+        n.posts, [post("p1", "u"), post("p2", "u", platform="INSTAGRAM"), post("other", "v")]
+    ).flush()
     decisions = env.reader(n.decisions)
     decisions.wait_count(3)
-    env.sender().objections(n.objections, [objection("w", "u", "WITHDRAW", occurred_at=2000)])\
-        .flush()
+    env.sender().objections(
+        n.objections, [objection("w", "u", "WITHDRAW", occurred_at=2000)]
+    ).flush()
     wait_objections(worker, 2)
 
     first = replay(env, "--users", "u")
@@ -114,12 +142,13 @@ def test_policy_removes_a_platform_then_replay_retracts(env: Deployment, tmp_pat
     env.worker("--policy", policy_file(tmp_path, "fb-only", ["GB"], ("FACEBOOK",)))
     result = replay(env, "--from", "2000-01-01T00:00:00Z")
     assert result.returncode == 0, result.stderr
-    assert changes(result.stdout) == {("RETRACTED", "PLATFORM_EXCLUDED"): 1,
-                                      ("UNCHANGED", "ELIGIBLE"): 1}
+    assert changes(result.stdout) == {
+        ("RETRACTED", "PLATFORM_EXCLUDED"): 1,
+        ("UNCHANGED", "ELIGIBLE"): 1,
+    }
     training.wait_for(lambda rs: set(live_view(rs)) == {"fb"}, what="tombstone for ig")
     got = decisions_by_post(env.reader(n.decisions).wait_count(3))
-    assert (got["ig"][-1]["outcome"], got["ig"][-1]["reason"]) == ("RETRACTED",
-                                                                   "PLATFORM_EXCLUDED")
+    assert (got["ig"][-1]["outcome"], got["ig"][-1]["reason"]) == ("RETRACTED", "PLATFORM_EXCLUDED")
     assert got["ig"][-1]["replay_id"] and got["ig"][-1]["policy_version"] == "fb-only"
 
 
@@ -150,8 +179,9 @@ def test_replay_under_live_traffic_and_objections_leaks_nothing(env: Deployment)
     thread.join()
     assert result.returncode == 0, result.stderr
     all_posts = {r.datum["post_id"] for r in first + later if r.kind == "post"}
-    decisions.wait_for(lambda rs: all_posts <= {r.key.decode() for r in rs}, timeout=90,
-                       what="every post decided")
+    decisions.wait_for(
+        lambda rs: all_posts <= {r.key.decode() for r in rs}, timeout=90, what="every post decided"
+    )
     final = {}
     for r in first + later:
         if r.kind == "objection":
@@ -178,24 +208,57 @@ def test_generate_is_deterministic(env: Deployment) -> None:
 
     assert records(9) == records(9) and records(9) != records(10)
     n = env.names
-    result = subprocess.run([sys.executable, "-m", "streams", "generate", "--bootstrap-servers",
-                             env.kafka, *n.flags(), "--count", "400", "--users", "30",
-                             "--bad-ratio", "0.05"], capture_output=True, text=True, timeout=60,
-                            cwd=ROOT)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streams",
+            "generate",
+            "--bootstrap-servers",
+            env.kafka,
+            *n.flags(),
+            "--count",
+            "400",
+            "--users",
+            "30",
+            "--bad-ratio",
+            "0.05",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stderr
     counts = dict(kv.split("=") for kv in result.stdout.split())
     assert sum(int(v) for v in counts.values()) >= 400 and int(counts["bad"]) > 0
 
 
 def test_demo_prints_a_summary_and_leaves_no_process(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "streams", "demo", "--duration", "12",
-                             "--rate", "500", "--partitions", "2"], capture_output=True,
-                            text=True, timeout=240, cwd=ROOT)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streams",
+            "demo",
+            "--duration",
+            "12",
+            "--rate",
+            "500",
+            "--partitions",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    summary = result.stdout[result.stdout.rindex("summary"):]
+    summary = result.stdout[result.stdout.rindex("summary") :]
     published = int(re.search(r"published\s+(\d+)", summary).group(1))
     blocked = int(re.search(r"blocked\s+(\d+)", summary).group(1))
     assert published > 0 and blocked > 0, summary
-    leftovers = subprocess.run(["pgrep", "-af", "enforcer-demo-"], capture_output=True,
-                               text=True).stdout
+    leftovers = subprocess.run(
+        ["pgrep", "-af", "enforcer-demo-"], capture_output=True, text=True
+    ).stdout
     assert leftovers.strip() == "", leftovers

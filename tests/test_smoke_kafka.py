@@ -48,8 +48,13 @@ def test_aiokafka_round_trip_and_topic_creation(kafka: str, names) -> None:
             await producer.flush()
         finally:
             await producer.stop()
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=kafka, auto_offset_reset="earliest",
-                                    group_id=f"{topic}-g", isolation_level="read_committed")
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=kafka,
+            auto_offset_reset="earliest",
+            group_id=f"{topic}-g",
+            isolation_level="read_committed",
+        )
         await consumer.start()
         got: list[bytes] = []
         try:
@@ -70,16 +75,26 @@ class SmokeApp:
     """The Faust smoke app as a subprocess."""
 
     def __init__(self, kafka: str, app_id: str, topic: str, datadir: Path, dump: Path) -> None:
-        self.env = {**os.environ, "SMOKE_BROKER": kafka, "SMOKE_APP": app_id, "SMOKE_TOPIC": topic,
-                    "SMOKE_DATADIR": str(datadir), "SMOKE_DUMP": str(dump)}
+        self.env = {
+            **os.environ,
+            "SMOKE_BROKER": kafka,
+            "SMOKE_APP": app_id,
+            "SMOKE_TOPIC": topic,
+            "SMOKE_DATADIR": str(datadir),
+            "SMOKE_DUMP": str(dump),
+        }
         self.dump = dump
         self.proc: subprocess.Popen | None = None
         self.log = datadir.parent / f"{app_id}.log"
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.apps.smoke_app"], cwd=ROOT,
-                                     env=self.env, stdout=open(self.log, "ab"),  # noqa: SIM115
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.apps.smoke_app"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=open(self.log, "ab"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+        )
 
     def state_after_dump(self, sender: Sender, topic: str, timeout: float = 60) -> dict:
         """Ask the app to dump its table and wait for the file."""
@@ -98,8 +113,9 @@ class SmokeApp:
         assert self.proc.wait(60) is not None
 
 
-def test_faust_rocksdb_table_survives_restart_and_datadir_loss(kafka: str, names,
-                                                               tmp_path: Path) -> None:
+def test_faust_rocksdb_table_survives_restart_and_datadir_loss(
+    kafka: str, names, tmp_path: Path
+) -> None:
     topic = names.posts
     create_topics(kafka, {topic: 1})
     datadir = tmp_path / "faust-data"

@@ -21,8 +21,13 @@ def env(kafka: str, names, tmp_path: Path) -> Iterator[Deployment]:
 
 
 def run_enforcer(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "streams", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "streams", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
@@ -35,15 +40,18 @@ def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) ->
 
 def test_unreachable_broker_stops_with_one_line(tmp_path: Path) -> None:
     port = free_port()
-    result = run_enforcer("worker", "--bootstrap-servers", f"127.0.0.1:{port}",
-                          "--data-dir", str(tmp_path))
+    result = run_enforcer(
+        "worker", "--bootstrap-servers", f"127.0.0.1:{port}", "--data-dir", str(tmp_path)
+    )
     assert_one_line_error(result, f"cannot reach Kafka at 127.0.0.1:{port}")
 
 
 def test_bad_policy_stops_with_one_line(tmp_path: Path) -> None:
     policy = tmp_path / "p.toml"
-    policy.write_text('version = "x"\ncountries = ["UK"]\nvisibilities = ["PUBLIC"]\n'
-                      'platforms = ["FACEBOOK"]\nadults_only = true\n')
+    policy.write_text(
+        'version = "x"\ncountries = ["UK"]\nvisibilities = ["PUBLIC"]\n'
+        'platforms = ["FACEBOOK"]\nadults_only = true\n'
+    )
     result = run_enforcer("worker", "--policy", str(policy), "--data-dir", str(tmp_path))
     assert_one_line_error(result, "the United Kingdom is GB")
 
@@ -57,25 +65,36 @@ def test_bad_flags_and_environment_stop_with_one_line(tmp_path: Path, monkeypatc
 
 def test_mismatched_partitions_stop_the_worker(kafka: str, names: Names, tmp_path: Path) -> None:
     Deployment(kafka, names, tmp_path, partitions=4).create_topics()
-    result = run_enforcer("worker", "--bootstrap-servers", kafka, *names.flags(),
-                          "--partitions", "6", "--data-dir", str(tmp_path / "d"))
+    result = run_enforcer(
+        "worker",
+        "--bootstrap-servers",
+        kafka,
+        *names.flags(),
+        "--partitions",
+        "6",
+        "--data-dir",
+        str(tmp_path / "d"),
+    )
     assert_one_line_error(result, "has 4 partitions but the worker is configured for 6")
 
 
 def test_missing_input_topic_stops_the_worker(kafka: str, names: Names, tmp_path: Path) -> None:
-    result = run_enforcer("worker", "--bootstrap-servers", kafka, *names.flags(),
-                          "--data-dir", str(tmp_path / "d"))
+    result = run_enforcer(
+        "worker", "--bootstrap-servers", kafka, *names.flags(), "--data-dir", str(tmp_path / "d")
+    )
     assert_one_line_error(result, f"input topic(s) {names.posts}, {names.objections} do not exist")
 
 
 def test_topics_create_is_idempotent(kafka: str, names: Names) -> None:
-    first = run_enforcer("topics", "create", "--bootstrap-servers", kafka, *names.flags(),
-                         "--partitions", "3")
+    first = run_enforcer(
+        "topics", "create", "--bootstrap-servers", kafka, *names.flags(), "--partitions", "3"
+    )
     assert first.returncode == 0, first.stderr
     assert f"{names.posts}\tinput\tcreated" in first.stdout
     assert f"{names.app_id}-consent-changelog\tinternal\tcreated" in first.stdout
-    second = run_enforcer("topics", "create", "--bootstrap-servers", kafka, *names.flags(),
-                          "--partitions", "3")
+    second = run_enforcer(
+        "topics", "create", "--bootstrap-servers", kafka, *names.flags(), "--partitions", "3"
+    )
     assert second.returncode == 0, second.stderr
     assert "created" not in second.stdout and f"{names.training}\toutput\texists" in second.stdout
 
@@ -94,8 +113,9 @@ def test_http_endpoints_and_no_content_in_logs(env: Deployment) -> None:
     log = worker.full_log()
     assert SECRET_TEXT not in log and SECRET_URL not in log
     # the web server listens on loopback only
-    status = subprocess.run(["ss", "-ltnH", f"sport = :{worker.port}"], capture_output=True,
-                            text=True)
+    status = subprocess.run(
+        ["ss", "-ltnH", f"sport = :{worker.port}"], capture_output=True, text=True
+    )
     if status.returncode == 0 and status.stdout.strip():
         assert all("127.0.0.1:" in line for line in status.stdout.splitlines()), status.stdout
     assert worker.stop() == 0

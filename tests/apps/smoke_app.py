@@ -12,15 +12,29 @@ from pathlib import Path
 import faust
 
 RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
-app = faust.App(os.environ["SMOKE_APP"], broker=f"kafka://{os.environ['SMOKE_BROKER']}",
-                store="rocksdb://", datadir=os.environ["SMOKE_DATADIR"], web_enabled=False,
-                topic_partitions=1, topic_replication_factor=1,
-                consumer_auto_offset_reset="earliest")
+app = faust.App(
+    os.environ["SMOKE_APP"],
+    broker=f"kafka://{os.environ['SMOKE_BROKER']}",
+    store="rocksdb://",
+    datadir=os.environ["SMOKE_DATADIR"],
+    web_enabled=False,
+    topic_partitions=1,
+    topic_replication_factor=1,
+    consumer_auto_offset_reset="earliest",
+)
 topic = app.topic(os.environ["SMOKE_TOPIC"], partitions=1, **RAW)
-changelog = app.topic(f"{os.environ['SMOKE_APP']}-counts-changelog", partitions=1,
-                      compacting=True, deleting=False, acks=False, internal=True, **RAW)
-counts = app.Table("counts", partitions=1, default=None, schema=faust.Schema(**RAW),
-                   changelog_topic=changelog)
+changelog = app.topic(
+    f"{os.environ['SMOKE_APP']}-counts-changelog",
+    partitions=1,
+    compacting=True,
+    deleting=False,
+    acks=False,
+    internal=True,
+    **RAW,
+)
+counts = app.Table(
+    "counts", partitions=1, default=None, schema=faust.Schema(**RAW), changelog_topic=changelog
+)
 counts.key_serializer = counts.value_serializer = "raw"
 seen: set[bytes] = set()
 
@@ -40,4 +54,6 @@ async def count(stream):
 
 
 if __name__ == "__main__":
-    faust.Worker(app, loglevel="warn", quiet=True, redirect_stdouts=False).execute_from_commandline()
+    faust.Worker(
+        app, loglevel="warn", quiet=True, redirect_stdouts=False
+    ).execute_from_commandline()

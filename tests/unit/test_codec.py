@@ -21,9 +21,18 @@ def test_crc64_avro_matches_the_specification_example():
 def test_every_schema_version_is_known_and_headers_are_spec_compliant():
     names = {v.name for v in CODEC.versions}
     assert {"Post", "ObjectionEvent", "TrainingRecord", "Retraction", "Decision"} <= names
-    data = CODEC.encode("Post", {"post_id": "p", "user_id": "u", "platform": "FACEBOOK",
-                                 "visibility": "PUBLIC", "author_country": "GB",
-                                 "author_is_adult": True, "created_at": 1})
+    data = CODEC.encode(
+        "Post",
+        {
+            "post_id": "p",
+            "user_id": "u",
+            "platform": "FACEBOOK",
+            "visibility": "PUBLIC",
+            "author_country": "GB",
+            "author_is_adult": True,
+            "created_at": 1,
+        },
+    )
     assert data[:2] == SINGLE_OBJECT_MAGIC
     assert data[2:10] == CODEC.current["Post"].fingerprint
 
@@ -50,10 +59,20 @@ def test_confluent_form_without_registry_is_a_decode_error():
 
 def test_old_decision_version_is_read_into_the_current_schema():
     v1 = next(v for v in CODEC.versions if v.source == "Decision.v1.avsc")
-    old = CODEC.encode_with(v1, {"post_id": "p", "user_id": "u", "outcome": "BLOCKED",
-                                 "reason": "MINOR", "policy_version": "x", "decided_at": 1,
-                                 "source_topic": "posts", "source_partition": 0,
-                                 "source_offset": 3})
+    old = CODEC.encode_with(
+        v1,
+        {
+            "post_id": "p",
+            "user_id": "u",
+            "outcome": "BLOCKED",
+            "reason": "MINOR",
+            "policy_version": "x",
+            "decided_at": 1,
+            "source_topic": "posts",
+            "source_partition": 0,
+            "source_offset": 3,
+        },
+    )
     name, datum = CODEC.decode(old)
     assert name == "Decision" and datum["replay_id"] is None and datum["reason"] == "MINOR"
 
@@ -62,8 +81,9 @@ def test_old_decision_version_is_read_into_the_current_schema():
 def test_corrupt_bytes_never_raise_anything_but_decode_error(post, data):
     good = CODEC.encode("Post", post)
     cut = data.draw(st.integers(0, len(good) - 1))
-    flips = data.draw(st.lists(st.tuples(st.integers(0, len(good) - 1), st.integers(0, 255)),
-                               max_size=3))
+    flips = data.draw(
+        st.lists(st.tuples(st.integers(0, len(good) - 1), st.integers(0, 255)), max_size=3)
+    )
     mutated = bytearray(good)
     for i, b in flips:
         mutated[i] = b
@@ -74,20 +94,29 @@ def test_corrupt_bytes_never_raise_anything_but_decode_error(post, data):
             assert str(exc)
 
 
-@pytest.mark.parametrize(("data", "reason"), [
-    (b"", "empty value"),
-    (b"{}", "unknown magic byte 0x7b"),
-    (SINGLE_OBJECT_MAGIC + b"\x01" * 8 + b"\x00", "unknown schema fingerprint"),
-    (SINGLE_OBJECT_MAGIC + b"\x01", "truncated single-object header"),
-])
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty value"),
+        (b"{}", "unknown magic byte 0x7b"),
+        (SINGLE_OBJECT_MAGIC + b"\x01" * 8 + b"\x00", "unknown schema fingerprint"),
+        (SINGLE_OBJECT_MAGIC + b"\x01", "truncated single-object header"),
+    ],
+)
 def test_reasons(data, reason):
     with pytest.raises(DecodeError, match=reason):
         CODEC.decode(data)
 
 
 def test_wrong_record_kind_is_refused():
-    event = {"event_id": "e", "user_id": "u", "action": "OBJECT", "platform": None,
-             "occurred_at": 1, "channel": "EMAIL"}
+    event = {
+        "event_id": "e",
+        "user_id": "u",
+        "action": "OBJECT",
+        "platform": None,
+        "occurred_at": 1,
+        "channel": "EMAIL",
+    }
     with pytest.raises(DecodeError, match="expected a Post record, got ObjectionEvent"):
         CODEC.decode(CODEC.encode("ObjectionEvent", event), "Post")
 

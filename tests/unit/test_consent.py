@@ -22,8 +22,7 @@ def expected_objected(evts, platform):
     relevant = [e for e in evts if e["platform"] in (None, platform)]
     if not relevant:
         return False
-    winner = max(relevant, key=lambda e: (e["occurred_at"], e["action"] == "OBJECT",
-                                          e["event_id"]))
+    winner = max(relevant, key=lambda e: (e["occurred_at"], e["action"] == "OBJECT", e["event_id"]))
     return winner["action"] == "OBJECT"
 
 
@@ -67,10 +66,17 @@ def test_state_round_trips_through_bytes(evts):
 
 
 def test_examples_from_the_contract():
-    obj_all = {"event_id": "a", "user_id": "u", "action": "OBJECT", "platform": None,
-               "occurred_at": 10, "channel": "IN_APP"}
-    withdraw_fb = dict(obj_all, event_id="b", action="WITHDRAW", platform="FACEBOOK",
-                       occurred_at=12)
+    obj_all = {
+        "event_id": "a",
+        "user_id": "u",
+        "action": "OBJECT",
+        "platform": None,
+        "occurred_at": 10,
+        "channel": "IN_APP",
+    }
+    withdraw_fb = dict(
+        obj_all, event_id="b", action="WITHDRAW", platform="FACEBOOK", occurred_at=12
+    )
     older_object_fb = dict(obj_all, event_id="c", platform="FACEBOOK", occurred_at=11)
     state = fold([obj_all, withdraw_fb, older_object_fb])
     assert not state.objected("FACEBOOK")  # the withdrawal at 12 is the latest for FB

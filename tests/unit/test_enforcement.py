@@ -60,7 +60,7 @@ class Model:
         ledger_ids = {p for entries in self.ledger.values() for p in entries}
         for user, entries in self.ledger.items():
             state = self.states.get(user, EMPTY)
-            for post_id, platform in entries.items():
+            for _post_id, platform in entries.items():
                 assert not state.objected(platform), "a post of an objected user is live"
         # post ids are shared between users in this model, so compare per (user, post)
         live_pairs = {(r["user_id"], p) for p, r in self.live.items()}
@@ -76,7 +76,7 @@ def test_no_leak_and_ledger_matches_what_is_live(history):
     for kind, record in history:
         # post ids are unique per user in reality: namespace them by user
         if kind == "post":
-            record = dict(record, post_id=f'{record["user_id"]}-{record["post_id"]}')
+            record = dict(record, post_id=f"{record['user_id']}-{record['post_id']}")
         before = len(model.decisions)
         fx = model.step(kind, record)
         if kind == "post":
@@ -89,16 +89,22 @@ def test_no_leak_and_ledger_matches_what_is_live(history):
 
 
 @settings(max_examples=200)
-@given(steps, st.lists(posts(post_id=st.sampled_from([f"p{i}" for i in range(8)])), max_size=10,
-                       unique_by=lambda p: (p["user_id"], p["post_id"])))
+@given(
+    steps,
+    st.lists(
+        posts(post_id=st.sampled_from([f"p{i}" for i in range(8)])),
+        max_size=10,
+        unique_by=lambda p: (p["user_id"], p["post_id"]),
+    ),
+)
 def test_replay_emits_only_differences_and_is_idempotent(history, replayed):
     # a replay re-decides the latest version of each post once (the CLI de-duplicates)
     model = Model()
     for kind, record in history:
         if kind == "post":
-            record = dict(record, post_id=f'{record["user_id"]}-{record["post_id"]}')
+            record = dict(record, post_id=f"{record['user_id']}-{record['post_id']}")
         model.step(kind, record)
-    replayed = [dict(p, post_id=f'{p["user_id"]}-{p["post_id"]}') for p in replayed]
+    replayed = [dict(p, post_id=f"{p['user_id']}-{p['post_id']}") for p in replayed]
     for p in replayed:
         model.step("post", p, replay="r1")
         model.check()
@@ -108,16 +114,48 @@ def test_replay_emits_only_differences_and_is_idempotent(history, replayed):
 
 def test_objection_after_posts_retracts_them_with_one_retraction():
     model = Model()
-    p1 = {"post_id": "p1", "user_id": "u", "platform": "FACEBOOK", "visibility": "PUBLIC",
-          "author_country": "GB", "author_is_adult": True, "created_at": 1}
+    p1 = {
+        "post_id": "p1",
+        "user_id": "u",
+        "platform": "FACEBOOK",
+        "visibility": "PUBLIC",
+        "author_country": "GB",
+        "author_is_adult": True,
+        "created_at": 1,
+    }
     model.step("post", p1)
     model.step("post", dict(p1, post_id="p2", platform="INSTAGRAM"))
-    fx = model.step("objection", {"event_id": "e1", "user_id": "u", "action": "OBJECT",
-                                  "platform": None, "occurred_at": 5, "channel": "EMAIL"})
+    fx = model.step(
+        "objection",
+        {
+            "event_id": "e1",
+            "user_id": "u",
+            "action": "OBJECT",
+            "platform": None,
+            "occurred_at": 5,
+            "channel": "EMAIL",
+        },
+    )
     assert sorted(fx.tombstones) == ["p1", "p2"]
-    assert fx.retractions == [{"user_id": "u", "objection_event_id": "e1", "platform": None,
-                               "post_ids": ["p1", "p2"], "retracted_at": 1}]
+    assert fx.retractions == [
+        {
+            "user_id": "u",
+            "objection_event_id": "e1",
+            "platform": None,
+            "post_ids": ["p1", "p2"],
+            "retracted_at": 1,
+        }
+    ]
     assert [(d["outcome"], d["reason"]) for d in fx.decisions] == [("RETRACTED", "OBJECTED")] * 2
-    again = model.step("objection", {"event_id": "e1", "user_id": "u", "action": "OBJECT",
-                                     "platform": None, "occurred_at": 5, "channel": "EMAIL"})
+    again = model.step(
+        "objection",
+        {
+            "event_id": "e1",
+            "user_id": "u",
+            "action": "OBJECT",
+            "platform": None,
+            "occurred_at": 5,
+            "channel": "EMAIL",
+        },
+    )
     assert again.empty

@@ -42,26 +42,29 @@ def test_default_policy_loads():
     assert policy.platforms == {"FACEBOOK", "INSTAGRAM"} and policy.adults_only
 
 
-GOOD = '''version = "v2"
+GOOD = """version = "v2"
 countries = ["GB", "FR"]
 visibilities = ["PUBLIC"]
 platforms = ["INSTAGRAM"]
 adults_only = false
-'''
+"""
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("version = ", "not valid TOML"),
-    (GOOD.replace('"FR"', '"UK"'), "the United Kingdom is GB"),
-    (GOOD.replace('"FR"', '"gb"'), "unknown ISO 3166-1"),
-    (GOOD.replace('["INSTAGRAM"]', '["TIKTOK"]'), "unknown platform"),
-    (GOOD.replace('["PUBLIC"]', '["PUBLIC", "SECRET"]'), "unknown visibility"),
-    (GOOD.replace("adults_only = false", "adults_only = 1"), "'adults_only' must be"),
-    (GOOD.replace('version = "v2"', 'version = ""'), "'version' must be"),
-    (GOOD.replace('version = "v2"\n', ""), "missing key(s): version"),
-    (GOOD + "countrys = []\n", "unknown key(s): countrys"),
-    (GOOD.replace('["GB", "FR"]', '"GB"'), "'countries' must be a list"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("version = ", "not valid TOML"),
+        (GOOD.replace('"FR"', '"UK"'), "the United Kingdom is GB"),
+        (GOOD.replace('"FR"', '"gb"'), "unknown ISO 3166-1"),
+        (GOOD.replace('["INSTAGRAM"]', '["TIKTOK"]'), "unknown platform"),
+        (GOOD.replace('["PUBLIC"]', '["PUBLIC", "SECRET"]'), "unknown visibility"),
+        (GOOD.replace("adults_only = false", "adults_only = 1"), "'adults_only' must be"),
+        (GOOD.replace('version = "v2"', 'version = ""'), "'version' must be"),
+        (GOOD.replace('version = "v2"\n', ""), "missing key(s): version"),
+        (GOOD + "countrys = []\n", "unknown key(s): countrys"),
+        (GOOD.replace('["GB", "FR"]', '"GB"'), "'countries' must be a list"),
+    ],
+)
 def test_bad_policy_files_are_refused_with_one_line(tmp_path: Path, text, message):
     path = tmp_path / "policy.toml"
     path.write_text(text)

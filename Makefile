@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+PEER_VENV := .venv-peer
+PEER_STAMP := $(PEER_VENV)/.installed
 KAFKA := deploy/kafka/local-kafka
 PYTEST_ARGS ?=
 
@@ -21,9 +23,18 @@ unit: setup
 	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
 
 ## make bench: the benchmark (throughput, latency, memory), results in bench/results/
-bench: setup
+bench: setup $(PEER_STAMP)
 	$(VENV)/bin/pip install -q -e ".[bench]"
-	$(PY) -m bench.run $(BENCH_ARGS)
+	$(PY) -m bench.run --peer-python $(PEER_VENV)/bin/python $(BENCH_ARGS)
+
+# The Quix Streams peer of the benchmark, in its own environment (it pins an older
+# confluent-kafka); it imports the enforcer's codec and policy modules.
+$(PEER_STAMP): pyproject.toml
+	test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/pip install -q --upgrade pip
+	$(PEER_VENV)/bin/pip install -q "quixstreams==3.28.1" "fastavro>=1.13.1" "aiokafka>=0.14.0"
+	$(PEER_VENV)/bin/pip install -q --no-deps -e .
+	touch $(PEER_STAMP)
 
 lint: setup
 	$(VENV)/bin/ruff check streams tests bench
@@ -40,4 +51,4 @@ broker-jars:
 	$(KAFKA) fetch >/dev/null
 
 clean:
-	rm -rf $(VENV) enforcer-data .pytest_cache
+	rm -rf $(VENV) $(PEER_VENV) enforcer-data .pytest_cache

@@ -1,0 +1,499 @@
+"""The benchmark: throughput, end-to-end latency and memory of the enforcer, side by
+side with the client ceiling and a Quix Streams peer, on one broker and one data set.
+
+    python -m bench.run [--quick] [--peer-python .venv-peer/bin/python]
+
+Writes ``bench/results/<timestamp>.json`` (every figure, versions, machine) and a PNG
+chart beside it. Ratios (enforcer / ceiling, enforcer / peer) are the headline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psutil
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from streams.codec import Codec
+from streams.generator import TrafficGenerator
+from streams.produce import produce_records, traffic_producer
+from streams.settings import Settings
+from streams.topics import ensure_topics
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCAL_KAFKA = ROOT / "deploy" / "kafka" / "local-kafka"
+PARTITIONS = 8
+
+
+@dataclasses.dataclass
+class Config:
+    """Sizes of one benchmark run."""
+
+    posts: int = 500_000
+    users: int = 100_000
+    objector_share: float = 0.1
+    latency_rates: tuple[int, ...] = (2000, 10000)
+    latency_seconds: float = 20.0
+    memory_users: int = 1_000_000
+
+
+QUICK = Config(posts=3000, users=1000, latency_rates=(500,), latency_seconds=3.0,
+               memory_users=5000)
+
+
+def say(text: str) -> None:
+    """Progress on stderr."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def broker(explicit: str | None, workdir: Path) -> Iterator[tuple[str, str]]:
+    """The broker to measure on: the given one, or a fresh local one."""
+    if explicit:
+        yield explicit, "external"
+        return
+    port = free_port()
+    args = ["--port", str(port), "--dir", str(workdir / "kafka")]
+    result = subprocess.run([str(LOCAL_KAFKA), "start", *args], capture_output=True, text=True,
+                            timeout=600, check=True)
+    version = subprocess.run([str(LOCAL_KAFKA), "version"], capture_output=True, text=True)
+    try:
+        yield result.stdout.strip().splitlines()[-1], f"Apache Kafka {version.stdout.strip()}"
+    finally:
+        subprocess.run([str(LOCAL_KAFKA), "stop", *args], capture_output=True, timeout=120)
+
+
+def settings_for(bootstrap: str, prefix: str, posts: str, objections: str) -> Settings:
+    """Enforcer settings on the shared input topics, with outputs of its own."""
+    return Settings(bootstrap_servers=bootstrap, app_id=f"{prefix}-app", partitions=PARTITIONS,
+                    posts_topic=posts, objections_topic=objections,
+                    training_topic=f"{prefix}-training", retractions_topic=f"{prefix}-retractions",
+                    decisions_topic=f"{prefix}-decisions", dlq_topic=f"{prefix}-dlq")
+
+
+def topic_flags(s: Settings) -> list[str]:
+    """Command-line flags naming the settings' topics."""
+    return ["--app-id", s.app_id, "--posts-topic", s.posts_topic,
+            "--objections-topic", s.objections_topic, "--training-topic", s.training_topic,
+            "--retractions-topic", s.retractions_topic, "--decisions-topic", s.decisions_topic,
+            "--dlq-topic", s.dlq_topic]
+
+
+def high_watermarks(consumer: Consumer, topic: str) -> int:
+    """How many records a topic holds (sum of partition end offsets)."""
+    md = consumer.list_topics(topic, timeout=10).topics[topic]
+    return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+               for p in md.partitions)
+
+
+class Sampler(threading.Thread):
+    """Samples a process tree's CPU seconds and RSS."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.proc = psutil.Process(pid)
+        self.peak_rss = 0
+        self.stop_event = threading.Event()
+
+    def cpu(self) -> float:
+        """CPU seconds (user + system) of the process and its children so far."""
+        total = 0.0
+        for p in [self.proc, *self.proc.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                total += t.user + t.system
+        return total
+
+    def rss(self) -> int:
+        """Current resident set size in bytes."""
+        total = 0
+        for p in [self.proc, *self.proc.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                total += p.memory_info().rss
+        return total
+
+    def run(self) -> None:
+        while not self.stop_event.wait(0.25):
+            with contextlib.suppress(psutil.Error):
+                self.peak_rss = max(self.peak_rss, self.rss())
+
+
+def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Poll the worker's /ready."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {proc.returncode}")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as r:
+                if r.status == 200:
+                    return
+        time.sleep(0.2)
+    raise RuntimeError("worker not ready")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 30 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def start_enforcer(s: Settings, workdir: Path, name: str) -> tuple[subprocess.Popen, int]:
+    """An ``enforcer worker`` subprocess."""
+    port = free_port()
+    log = open(workdir / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
+    proc = subprocess.Popen([sys.executable, "-m", "streams", "worker", "--bootstrap-servers",
+                             s.bootstrap_servers, *topic_flags(s), "--partitions", str(PARTITIONS),
+                             "--data-dir", str(workdir / f"{name}-state"), "--web-port", str(port),
+                             "--log-level", "warn"], stdout=log, stderr=subprocess.STDOUT,
+                            cwd=ROOT)
+    return proc, port
+
+
+def measure_throughput(proc: subprocess.Popen, bootstrap: str, decisions_topic: str,
+                       expected: int, timeout: float) -> dict[str, float]:
+    """Decisions per second from the first decision to the last, CPU and peak RSS."""
+    sampler = Sampler(proc.pid)
+    sampler.start()
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4()}"})
+    first_at = cpu_first = None
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"process exited with {proc.returncode}")
+            done = high_watermarks(consumer, decisions_topic)
+            now = time.monotonic()
+            if done and first_at is None:
+                first_at, cpu_first = now, sampler.cpu()
+            if done >= expected:
+                break
+            if now > deadline:
+                raise RuntimeError(f"only {done} of {expected} decisions in {timeout:.0f}s")
+            time.sleep(0.1)
+        elapsed = max(now - first_at, 1e-6)
+        cpu = sampler.cpu() - cpu_first
+        return {"records": done, "seconds": elapsed, "per_second": done / elapsed,
+                "cpu_seconds_per_1000": cpu / done * 1000,
+                "peak_rss_mb": max(sampler.peak_rss, sampler.rss()) / 2**20}
+    finally:
+        sampler.stop_event.set()
+        consumer.close()
+
+
+def produce_data(bootstrap: str, s: Settings, cfg: Config) -> dict[str, int]:
+    """The shared data set: one OBJECT per objector first, then the posts."""
+    gen = TrafficGenerator(cfg.users, seed=2026, objector_share=cfg.objector_share,
+                           objection_rate=0.0)
+    producer = traffic_producer(s)
+    counts = produce_records(producer, s, gen.objections_for_all_objectors())
+    counts += produce_records(producer, s, gen.records(cfg.posts))
+    producer.flush(300)
+    return dict(counts)
+
+
+def latency_run(bootstrap: str, workdir: Path, rate: int, seconds: float) -> dict[str, float]:
+    """End-to-end latency at a fixed rate: a post's creation (its produce time) to its
+    training-ingest record being readable."""
+    prefix = f"lat{rate}-{uuid.uuid4().hex[:6]}"
+    s = settings_for(bootstrap, prefix, f"{prefix}-posts", f"{prefix}-objections")
+    ensure_topics(s, create_inputs=True)
+    proc, port = start_enforcer(s, workdir, prefix)
+    latencies: list[float] = []
+    try:
+        wait_ready(port, proc)
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{prefix}-reader",
+                             "auto.offset.reset": "earliest", "fetch.wait.max.ms": 5})
+        consumer.subscribe([s.training_topic])
+        codec = Codec()
+        gen = TrafficGenerator(5000, seed=rate, objection_rate=0.0)
+        stop_event = threading.Event()
+
+        def feed() -> None:
+            producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1,
+                                 "enable.idempotence": True})
+            started = time.monotonic()
+            n = int(rate * seconds)
+            for i in range(n):
+                due = started + i / rate
+                delay = due - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                post = gen.post()
+                post["created_at"] = int(time.time() * 1000)
+                producer.produce(s.posts_topic, codec.encode("Post", post),
+                                 post["post_id"].encode())
+                if i % 100 == 0:
+                    producer.poll(0)
+            producer.flush(30)
+            stop_event.set()
+
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        quiet_until = None
+        while True:
+            msgs = consumer.consume(1000, timeout=0.05)
+            now_ms = time.time() * 1000
+            for m in msgs:
+                if m.error() or m.value() is None:
+                    continue
+                created = codec.decode(m.value())[1]["created_at"]
+                latencies.append(now_ms - created)
+            if stop_event.is_set():
+                quiet_until = quiet_until or time.monotonic() + 3
+                if time.monotonic() > quiet_until:
+                    break
+        consumer.close()
+    finally:
+        stop(proc)
+    latencies.sort()
+
+    def q(p: float) -> float:
+        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] if latencies else 0.0
+
+    return {"rate": rate, "seconds": seconds, "samples": len(latencies), "p50_ms": q(0.5),
+            "p99_ms": q(0.99), "p999_ms": q(0.999), "max_ms": latencies[-1] if latencies else 0,
+            "distribution_ms": latencies[:: max(1, len(latencies) // 2000)]}
+
+
+def memory_run(bootstrap: str, workdir: Path, users: int) -> dict[str, float]:
+    """RSS of a worker holding consent state for ``users`` users."""
+    prefix = f"mem-{uuid.uuid4().hex[:6]}"
+    s = settings_for(bootstrap, prefix, f"{prefix}-posts", f"{prefix}-objections")
+    ensure_topics(s, create_inputs=True)
+    gen = TrafficGenerator(users, seed=7, objector_share=1.0, objection_rate=0.0)
+    producer = traffic_producer(s)
+    produce_records(producer, s, gen.objections_for_all_objectors())
+    producer.flush(300)
+    proc, port = start_enforcer(s, workdir, prefix)
+    try:
+        sampler = Sampler(proc.pid)
+        sampler.start()
+        wait_ready(port, proc)
+        import urllib.request
+
+        started = time.monotonic()
+        while True:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                text = r.read().decode()
+            applied = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                          if line.startswith("enforcer_objection_events_total{"))
+            if applied >= users:
+                break
+            if proc.poll() is not None or time.monotonic() - started > 1800:
+                raise RuntimeError(f"only {applied} of {users} objections applied")
+            time.sleep(0.5)
+        elapsed = time.monotonic() - started
+        rss = sampler.rss()
+        sampler.stop_event.set()
+        state_bytes = sum(f.stat().st_size for f in (workdir / f"{prefix}-state").rglob("*")
+                          if f.is_file())
+        return {"users": users, "rss_mb": rss / 2**20,
+                "peak_rss_mb": max(sampler.peak_rss, rss) / 2**20,
+                "objections_per_second": users / elapsed, "rocksdb_mb": state_bytes / 2**20}
+    finally:
+        stop(proc)
+
+
+def versions(peer_python: str | None, kafka: str) -> dict[str, str]:
+    """Versions of everything measured."""
+    from importlib.metadata import version
+
+    out = {"python": platform.python_version(), "kafka": kafka}
+    for dist in ("faust-streaming", "aiokafka", "confluent-kafka", "fastavro", "rocksdict"):
+        out[dist] = version(dist)
+    if peer_python:
+        with contextlib.suppress(Exception):
+            out["quixstreams"] = subprocess.run(
+                [peer_python, "-c", "import quixstreams; print(quixstreams.__version__)"],
+                capture_output=True, text=True, timeout=60).stdout.strip()
+    return out
+
+
+def machine() -> dict[str, object]:
+    """The machine the figures come from."""
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {"cores": os.cpu_count(), "cpu_model": model,
+            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "platform": platform.platform()}
+
+
+def chart(result: dict, path: Path) -> None:
+    """Throughput side by side, and latency distributions."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    names = [n for n in ("ceiling", "enforcer", "peer") if result["throughput"].get(n)]
+    values = [result["throughput"][n]["per_second"] for n in names]
+    bars = left.bar(names, values, color=["#999999", "#1f77b4", "#ff7f0e"][: len(names)])
+    left.bar_label(bars, labels=[f"{v:,.0f}/s" for v in values])
+    left.set_title(f"throughput, {result['config']['posts']:,} posts")
+    left.set_ylabel("records per second")
+    for run in result["latency"]:
+        data = run["distribution_ms"]
+        if data:
+            ys = [i / len(data) for i in range(len(data))]
+            right.plot(data, ys, label=f"{run['rate']:,} posts/s (p99 {run['p99_ms']:.0f} ms)")
+    right.set_xscale("log")
+    right.set_xlabel("end-to-end latency, ms (log)")
+    right.set_ylabel("fraction of posts")
+    right.set_title("latency, post produced -> training-ingest readable")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every measurement and write the results."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a small smoke run")
+    parser.add_argument("--bootstrap-servers", default=None, help="use this broker")
+    parser.add_argument("--peer-python", default=None, help="python of the Quix Streams peer")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--posts", type=int, default=None)
+    parser.add_argument("--skip", default="", help="comma list of: ceiling,peer,latency,memory")
+    args = parser.parse_args(argv)
+    cfg = dataclasses.replace(QUICK) if args.quick else Config()
+    if args.posts:
+        cfg.posts = args.posts
+    skip = set(filter(None, args.skip.split(",")))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="enforcer-bench-"))
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    result: dict = {"started": stamp, "config": dataclasses.asdict(cfg), "machine": machine(),
+                    "throughput": {}, "latency": []}
+    with broker(args.bootstrap_servers, workdir) as (bootstrap, kafka):
+        run = uuid.uuid4().hex[:6]
+        posts_topic, objections_topic = f"bench-{run}-posts", f"bench-{run}-objections"
+        enforcer = settings_for(bootstrap, f"bench-{run}-enf", posts_topic, objections_topic)
+        ensure_topics(enforcer, create_inputs=True)
+        say(f"producing {cfg.posts:,} posts for {cfg.users:,} users on {bootstrap}")
+        t0 = time.monotonic()
+        result["data"] = produce_data(bootstrap, enforcer, cfg)
+        result["data"]["produce_seconds"] = time.monotonic() - t0
+        expected = cfg.posts
+
+        if "ceiling" not in skip:
+            say("ceiling: confluent-kafka copy loop")
+            target = f"bench-{run}-ceiling-out"
+            ensure_topics(dataclasses.replace(enforcer, training_topic=target), create_inputs=True)
+            done = subprocess.run([sys.executable, "-m", "bench.ceiling", "--bootstrap-servers",
+                                   bootstrap, "--source", posts_topic, "--target", target,
+                                   "--count", str(cfg.posts)],
+                                  capture_output=True, text=True, timeout=1800, cwd=ROOT)
+            if done.returncode != 0:
+                raise RuntimeError(f"ceiling failed: {done.stderr[-2000:]}")
+            result["throughput"]["ceiling"] = json.loads(done.stdout.strip().splitlines()[-1])
+
+        say("enforcer: one worker process")
+        proc, _ = start_enforcer(enforcer, workdir, "enforcer")
+        try:
+            result["throughput"]["enforcer"] = measure_throughput(
+                proc, bootstrap, enforcer.decisions_topic, expected, timeout=1800)
+        finally:
+            stop(proc)
+
+        if "peer" not in skip and args.peer_python:
+            say("peer: Quix Streams")
+            peer = settings_for(bootstrap, f"bench-{run}-peer", posts_topic, objections_topic)
+            ensure_topics(peer, create_inputs=True)
+            log = open(workdir / "peer.log", "ab")  # noqa: SIM115
+            proc = subprocess.Popen([args.peer_python, "-m", "bench.peer_quix",
+                                     "--bootstrap-servers", bootstrap, *topic_flags(peer),
+                                     "--state-dir", str(workdir / "peer-state")],
+                                    stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+            try:
+                result["throughput"]["peer"] = measure_throughput(
+                    proc, bootstrap, peer.decisions_topic, expected, timeout=1800)
+            finally:
+                stop(proc)
+
+        if "latency" not in skip:
+            for rate in cfg.latency_rates:
+                say(f"latency at {rate:,} posts/s for {cfg.latency_seconds:.0f}s")
+                result["latency"].append(latency_run(bootstrap, workdir, rate,
+                                                     cfg.latency_seconds))
+        if "memory" not in skip:
+            say(f"memory: consent state of {cfg.memory_users:,} users")
+            result["memory"] = memory_run(bootstrap, workdir, cfg.memory_users)
+        result["versions"] = versions(args.peer_python, kafka)
+
+    tp = result["throughput"]
+    ratios = {}
+    if tp.get("ceiling") and tp.get("enforcer"):
+        ratios["enforcer_over_ceiling"] = tp["enforcer"]["per_second"] / tp["ceiling"]["per_second"]
+    if tp.get("peer") and tp.get("enforcer"):
+        ratios["enforcer_over_peer"] = tp["enforcer"]["per_second"] / tp["peer"]["per_second"]
+    result["ratios"] = ratios
+    result["targets"] = {
+        "throughput_at_least_peer": ratios.get("enforcer_over_peer", 0) >= 1.0
+        if "enforcer_over_peer" in ratios else None,
+        "throughput_at_least_quarter_of_ceiling": ratios.get("enforcer_over_ceiling", 0) >= 0.25
+        if "enforcer_over_ceiling" in ratios else None,
+        "p99_under_100ms_at_2000": next((r["p99_ms"] < 100 for r in result["latency"]
+                                         if r["rate"] == 2000), None),
+        "rss_under_1gb_with_1m_users": (result["memory"]["peak_rss_mb"] < 1024
+                                        if result.get("memory") and
+                                        result["memory"]["users"] >= 1_000_000 else None),
+    }
+    result["wall_seconds"] = time.monotonic() - started
+    json_path = out / f"{stamp}.json"
+    json_path.write_text(json.dumps(result, indent=2))
+    chart(result, out / f"{stamp}.png")
+    headline = {k: round(v, 3) for k, v in ratios.items()}
+    say(f"wrote {json_path} and {stamp}.png in {result['wall_seconds']:.0f}s")
+    summary = {name: round(v["per_second"]) for name, v in tp.items()}
+    print(json.dumps({"throughput_per_second": summary, "ratios": headline,
+                      "latency_p99_ms": {r["rate"]: round(r["p99_ms"], 1)
+                                         for r in result["latency"]},
+                      "memory": result.get("memory"), "targets": result["targets"],
+                      "json": str(json_path)}, indent=2))
+    import shutil
+
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -22,13 +22,26 @@ def main() -> None:
     parser.add_argument("--target", required=True)
     parser.add_argument("--count", type=int, required=True)
     args = parser.parse_args()
-    consumer = Consumer({"bootstrap.servers": args.bootstrap_servers,
-                         "group.id": f"ceiling-{time.time_ns()}", "auto.offset.reset": "earliest",
-                         "enable.auto.commit": True, "fetch.wait.max.ms": 10,
-                         "queued.min.messages": 100000})
-    producer = Producer({"bootstrap.servers": args.bootstrap_servers, "linger.ms": 5,
-                         "batch.num.messages": 10000, "queue.buffering.max.messages": 1000000,
-                         "enable.idempotence": True, "acks": "all"})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": args.bootstrap_servers,
+            "group.id": f"ceiling-{time.time_ns()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": True,
+            "fetch.wait.max.ms": 10,
+            "queued.min.messages": 100000,
+        }
+    )
+    producer = Producer(
+        {
+            "bootstrap.servers": args.bootstrap_servers,
+            "linger.ms": 5,
+            "batch.num.messages": 10000,
+            "queue.buffering.max.messages": 1000000,
+            "enable.idempotence": True,
+            "acks": "all",
+        }
+    )
     consumer.subscribe([args.source])
     copied = 0
     first = None
@@ -52,10 +65,17 @@ def main() -> None:
     elapsed = time.monotonic() - (first or time.monotonic())
     cpu = time.process_time() - cpu0
     consumer.close()
-    print(json.dumps({"records": copied, "seconds": elapsed,
-                      "per_second": copied / elapsed if elapsed else 0.0,
-                      "cpu_seconds_per_1000": cpu / copied * 1000 if copied else 0.0,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(
+        json.dumps(
+            {
+                "records": copied,
+                "seconds": elapsed,
+                "per_second": copied / elapsed if elapsed else 0.0,
+                "cpu_seconds_per_1000": cpu / copied * 1000 if copied else 0.0,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -52,8 +52,7 @@ class Config:
     memory_users: int = 1_000_000
 
 
-QUICK = Config(posts=3000, users=1000, latency_rates=(500,), latency_seconds=3.0,
-               memory_users=5000)
+QUICK = Config(posts=3000, users=1000, latency_rates=(500,), latency_seconds=3.0, memory_users=5000)
 
 
 def say(text: str) -> None:
@@ -78,8 +77,9 @@ def broker(explicit: str | None, workdir: Path) -> Iterator[tuple[str, str]]:
         return
     port = free_port()
     args = ["--port", str(port), "--dir", str(workdir / "kafka")]
-    result = subprocess.run([str(LOCAL_KAFKA), "start", *args], capture_output=True, text=True,
-                            timeout=600, check=True)
+    result = subprocess.run(
+        [str(LOCAL_KAFKA), "start", *args], capture_output=True, text=True, timeout=600, check=True
+    )
     version = subprocess.run([str(LOCAL_KAFKA), "version"], capture_output=True, text=True)
     try:
         yield result.stdout.strip().splitlines()[-1], f"Apache Kafka {version.stdout.strip()}"
@@ -89,25 +89,46 @@ def broker(explicit: str | None, workdir: Path) -> Iterator[tuple[str, str]]:
 
 def settings_for(bootstrap: str, prefix: str, posts: str, objections: str) -> Settings:
     """Enforcer settings on the shared input topics, with outputs of its own."""
-    return Settings(bootstrap_servers=bootstrap, app_id=f"{prefix}-app", partitions=PARTITIONS,
-                    posts_topic=posts, objections_topic=objections,
-                    training_topic=f"{prefix}-training", retractions_topic=f"{prefix}-retractions",
-                    decisions_topic=f"{prefix}-decisions", dlq_topic=f"{prefix}-dlq")
+    return Settings(
+        bootstrap_servers=bootstrap,
+        app_id=f"{prefix}-app",
+        partitions=PARTITIONS,
+        posts_topic=posts,
+        objections_topic=objections,
+        training_topic=f"{prefix}-training",
+        retractions_topic=f"{prefix}-retractions",
+        decisions_topic=f"{prefix}-decisions",
+        dlq_topic=f"{prefix}-dlq",
+    )
 
 
 def topic_flags(s: Settings) -> list[str]:
     """Command-line flags naming the settings' topics."""
-    return ["--app-id", s.app_id, "--posts-topic", s.posts_topic,
-            "--objections-topic", s.objections_topic, "--training-topic", s.training_topic,
-            "--retractions-topic", s.retractions_topic, "--decisions-topic", s.decisions_topic,
-            "--dlq-topic", s.dlq_topic]
+    return [
+        "--app-id",
+        s.app_id,
+        "--posts-topic",
+        s.posts_topic,
+        "--objections-topic",
+        s.objections_topic,
+        "--training-topic",
+        s.training_topic,
+        "--retractions-topic",
+        s.retractions_topic,
+        "--decisions-topic",
+        s.decisions_topic,
+        "--dlq-topic",
+        s.dlq_topic,
+    ]
 
 
 def high_watermarks(consumer: Consumer, topic: str) -> int:
     """How many records a topic holds (sum of partition end offsets)."""
     md = consumer.list_topics(topic, timeout=10).topics[topic]
-    return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-               for p in md.partitions)
+    return sum(
+        consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+        for p in md.partitions
+    )
 
 
 class Sampler(threading.Thread):
@@ -173,16 +194,34 @@ def start_enforcer(s: Settings, workdir: Path, name: str) -> tuple[subprocess.Po
     """An ``enforcer worker`` subprocess."""
     port = free_port()
     log = open(workdir / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
-    proc = subprocess.Popen([sys.executable, "-m", "streams", "worker", "--bootstrap-servers",
-                             s.bootstrap_servers, *topic_flags(s), "--partitions", str(PARTITIONS),
-                             "--data-dir", str(workdir / f"{name}-state"), "--web-port", str(port),
-                             "--log-level", "warn"], stdout=log, stderr=subprocess.STDOUT,
-                            cwd=ROOT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streams",
+            "worker",
+            "--bootstrap-servers",
+            s.bootstrap_servers,
+            *topic_flags(s),
+            "--partitions",
+            str(PARTITIONS),
+            "--data-dir",
+            str(workdir / f"{name}-state"),
+            "--web-port",
+            str(port),
+            "--log-level",
+            "warn",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
     return proc, port
 
 
-def measure_throughput(proc: subprocess.Popen, bootstrap: str, decisions_topic: str,
-                       expected: int, timeout: float) -> dict[str, float]:
+def measure_throughput(
+    proc: subprocess.Popen, bootstrap: str, decisions_topic: str, expected: int, timeout: float
+) -> dict[str, float]:
     """Decisions per second from the first decision to the last, CPU and peak RSS."""
     sampler = Sampler(proc.pid)
     sampler.start()
@@ -204,9 +243,13 @@ def measure_throughput(proc: subprocess.Popen, bootstrap: str, decisions_topic: 
             time.sleep(0.1)
         elapsed = max(now - first_at, 1e-6)
         cpu = sampler.cpu() - cpu_first
-        return {"records": done, "seconds": elapsed, "per_second": done / elapsed,
-                "cpu_seconds_per_1000": cpu / done * 1000,
-                "peak_rss_mb": max(sampler.peak_rss, sampler.rss()) / 2**20}
+        return {
+            "records": done,
+            "seconds": elapsed,
+            "per_second": done / elapsed,
+            "cpu_seconds_per_1000": cpu / done * 1000,
+            "peak_rss_mb": max(sampler.peak_rss, sampler.rss()) / 2**20,
+        }
     finally:
         sampler.stop_event.set()
         consumer.close()
@@ -214,8 +257,9 @@ def measure_throughput(proc: subprocess.Popen, bootstrap: str, decisions_topic: 
 
 def produce_data(bootstrap: str, s: Settings, cfg: Config) -> dict[str, int]:
     """The shared data set: one OBJECT per objector first, then the posts."""
-    gen = TrafficGenerator(cfg.users, seed=2026, objector_share=cfg.objector_share,
-                           objection_rate=0.0)
+    gen = TrafficGenerator(
+        cfg.users, seed=2026, objector_share=cfg.objector_share, objection_rate=0.0
+    )
     producer = traffic_producer(s)
     counts = produce_records(producer, s, gen.objections_for_all_objectors())
     counts += produce_records(producer, s, gen.records(cfg.posts))
@@ -233,16 +277,23 @@ def latency_run(bootstrap: str, workdir: Path, rate: int, seconds: float) -> dic
     latencies: list[float] = []
     try:
         wait_ready(port, proc)
-        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{prefix}-reader",
-                             "auto.offset.reset": "earliest", "fetch.wait.max.ms": 5})
+        consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"{prefix}-reader",
+                "auto.offset.reset": "earliest",
+                "fetch.wait.max.ms": 5,
+            }
+        )
         consumer.subscribe([s.training_topic])
         codec = Codec()
         gen = TrafficGenerator(5000, seed=rate, objection_rate=0.0)
         stop_event = threading.Event()
 
         def feed() -> None:
-            producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1,
-                                 "enable.idempotence": True})
+            producer = Producer(
+                {"bootstrap.servers": bootstrap, "linger.ms": 1, "enable.idempotence": True}
+            )
             started = time.monotonic()
             n = int(rate * seconds)
             for i in range(n):
@@ -252,8 +303,9 @@ def latency_run(bootstrap: str, workdir: Path, rate: int, seconds: float) -> dic
                     time.sleep(delay)
                 post = gen.post()
                 post["created_at"] = int(time.time() * 1000)
-                producer.produce(s.posts_topic, codec.encode("Post", post),
-                                 post["post_id"].encode())
+                producer.produce(
+                    s.posts_topic, codec.encode("Post", post), post["post_id"].encode()
+                )
                 if i % 100 == 0:
                     producer.poll(0)
             producer.flush(30)
@@ -282,9 +334,16 @@ def latency_run(bootstrap: str, workdir: Path, rate: int, seconds: float) -> dic
     def q(p: float) -> float:
         return latencies[min(len(latencies) - 1, int(p * len(latencies)))] if latencies else 0.0
 
-    return {"rate": rate, "seconds": seconds, "samples": len(latencies), "p50_ms": q(0.5),
-            "p99_ms": q(0.99), "p999_ms": q(0.999), "max_ms": latencies[-1] if latencies else 0,
-            "distribution_ms": latencies[:: max(1, len(latencies) // 2000)]}
+    return {
+        "rate": rate,
+        "seconds": seconds,
+        "samples": len(latencies),
+        "p50_ms": q(0.5),
+        "p99_ms": q(0.99),
+        "p999_ms": q(0.999),
+        "max_ms": latencies[-1] if latencies else 0,
+        "distribution_ms": latencies[:: max(1, len(latencies) // 2000)],
+    }
 
 
 def memory_run(bootstrap: str, workdir: Path, users: int) -> dict[str, float]:
@@ -307,8 +366,11 @@ def memory_run(bootstrap: str, workdir: Path, users: int) -> dict[str, float]:
         while True:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
                 text = r.read().decode()
-            applied = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                          if line.startswith("enforcer_objection_events_total{"))
+            applied = sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("enforcer_objection_events_total{")
+            )
             if applied >= users:
                 break
             if proc.poll() is not None or time.monotonic() - started > 1800:
@@ -317,11 +379,16 @@ def memory_run(bootstrap: str, workdir: Path, users: int) -> dict[str, float]:
         elapsed = time.monotonic() - started
         rss = sampler.rss()
         sampler.stop_event.set()
-        state_bytes = sum(f.stat().st_size for f in (workdir / f"{prefix}-state").rglob("*")
-                          if f.is_file())
-        return {"users": users, "rss_mb": rss / 2**20,
-                "peak_rss_mb": max(sampler.peak_rss, rss) / 2**20,
-                "objections_per_second": users / elapsed, "rocksdb_mb": state_bytes / 2**20}
+        state_bytes = sum(
+            f.stat().st_size for f in (workdir / f"{prefix}-state").rglob("*") if f.is_file()
+        )
+        return {
+            "users": users,
+            "rss_mb": rss / 2**20,
+            "peak_rss_mb": max(sampler.peak_rss, rss) / 2**20,
+            "objections_per_second": users / elapsed,
+            "rocksdb_mb": state_bytes / 2**20,
+        }
     finally:
         stop(proc)
 
@@ -337,7 +404,10 @@ def versions(peer_python: str | None, kafka: str) -> dict[str, str]:
         with contextlib.suppress(Exception):
             out["quixstreams"] = subprocess.run(
                 [peer_python, "-c", "import quixstreams; print(quixstreams.__version__)"],
-                capture_output=True, text=True, timeout=60).stdout.strip()
+                capture_output=True,
+                text=True,
+                timeout=60,
+            ).stdout.strip()
     return out
 
 
@@ -349,9 +419,12 @@ def machine() -> dict[str, object]:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    return {"cores": os.cpu_count(), "cpu_model": model,
-            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-            "platform": platform.platform()}
+    return {
+        "cores": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "platform": platform.platform(),
+    }
 
 
 def chart(result: dict, path: Path) -> None:
@@ -401,8 +474,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="enforcer-bench-"))
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    result: dict = {"started": stamp, "config": dataclasses.asdict(cfg), "machine": machine(),
-                    "throughput": {}, "latency": []}
+    result: dict = {
+        "started": stamp,
+        "config": dataclasses.asdict(cfg),
+        "machine": machine(),
+        "throughput": {},
+        "latency": [],
+    }
     with broker(args.bootstrap_servers, workdir) as (bootstrap, kafka):
         run = uuid.uuid4().hex[:6]
         posts_topic, objections_topic = f"bench-{run}-posts", f"bench-{run}-objections"
@@ -418,10 +496,25 @@ def main(argv: list[str] | None = None) -> int:
             say("ceiling: confluent-kafka copy loop")
             target = f"bench-{run}-ceiling-out"
             ensure_topics(dataclasses.replace(enforcer, training_topic=target), create_inputs=True)
-            done = subprocess.run([sys.executable, "-m", "bench.ceiling", "--bootstrap-servers",
-                                   bootstrap, "--source", posts_topic, "--target", target,
-                                   "--count", str(cfg.posts)],
-                                  capture_output=True, text=True, timeout=1800, cwd=ROOT)
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.ceiling",
+                    "--bootstrap-servers",
+                    bootstrap,
+                    "--source",
+                    posts_topic,
+                    "--target",
+                    target,
+                    "--count",
+                    str(cfg.posts),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=1800,
+                cwd=ROOT,
+            )
             if done.returncode != 0:
                 raise RuntimeError(f"ceiling failed: {done.stderr[-2000:]}")
             result["throughput"]["ceiling"] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -430,7 +523,8 @@ def main(argv: list[str] | None = None) -> int:
         proc, _ = start_enforcer(enforcer, workdir, "enforcer")
         try:
             result["throughput"]["enforcer"] = measure_throughput(
-                proc, bootstrap, enforcer.decisions_topic, expected, timeout=1800)
+                proc, bootstrap, enforcer.decisions_topic, expected, timeout=1800
+            )
         finally:
             stop(proc)
 
@@ -439,21 +533,32 @@ def main(argv: list[str] | None = None) -> int:
             peer = settings_for(bootstrap, f"bench-{run}-peer", posts_topic, objections_topic)
             ensure_topics(peer, create_inputs=True)
             log = open(workdir / "peer.log", "ab")  # noqa: SIM115
-            proc = subprocess.Popen([args.peer_python, "-m", "bench.peer_quix",
-                                     "--bootstrap-servers", bootstrap, *topic_flags(peer),
-                                     "--state-dir", str(workdir / "peer-state")],
-                                    stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+            proc = subprocess.Popen(
+                [
+                    args.peer_python,
+                    "-m",
+                    "bench.peer_quix",
+                    "--bootstrap-servers",
+                    bootstrap,
+                    *topic_flags(peer),
+                    "--state-dir",
+                    str(workdir / "peer-state"),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
             try:
                 result["throughput"]["peer"] = measure_throughput(
-                    proc, bootstrap, peer.decisions_topic, expected, timeout=1800)
+                    proc, bootstrap, peer.decisions_topic, expected, timeout=1800
+                )
             finally:
                 stop(proc)
 
         if "latency" not in skip:
             for rate in cfg.latency_rates:
                 say(f"latency at {rate:,} posts/s for {cfg.latency_seconds:.0f}s")
-                result["latency"].append(latency_run(bootstrap, workdir, rate,
-                                                     cfg.latency_seconds))
+                result["latency"].append(latency_run(bootstrap, workdir, rate, cfg.latency_seconds))
         if "memory" not in skip:
             say(f"memory: consent state of {cfg.memory_users:,} users")
             result["memory"] = memory_run(bootstrap, workdir, cfg.memory_users)
@@ -468,14 +573,19 @@ def main(argv: list[str] | None = None) -> int:
     result["ratios"] = ratios
     result["targets"] = {
         "throughput_at_least_peer": ratios.get("enforcer_over_peer", 0) >= 1.0
-        if "enforcer_over_peer" in ratios else None,
+        if "enforcer_over_peer" in ratios
+        else None,
         "throughput_at_least_quarter_of_ceiling": ratios.get("enforcer_over_ceiling", 0) >= 0.25
-        if "enforcer_over_ceiling" in ratios else None,
-        "p99_under_100ms_at_2000": next((r["p99_ms"] < 100 for r in result["latency"]
-                                         if r["rate"] == 2000), None),
-        "rss_under_1gb_with_1m_users": (result["memory"]["peak_rss_mb"] < 1024
-                                        if result.get("memory") and
-                                        result["memory"]["users"] >= 1_000_000 else None),
+        if "enforcer_over_ceiling" in ratios
+        else None,
+        "p99_under_100ms_at_2000": next(
+            (r["p99_ms"] < 100 for r in result["latency"] if r["rate"] == 2000), None
+        ),
+        "rss_under_1gb_with_1m_users": (
+            result["memory"]["peak_rss_mb"] < 1024
+            if result.get("memory") and result["memory"]["users"] >= 1_000_000
+            else None
+        ),
     }
     result["wall_seconds"] = time.monotonic() - started
     json_path = out / f"{stamp}.json"
@@ -484,11 +594,19 @@ def main(argv: list[str] | None = None) -> int:
     headline = {k: round(v, 3) for k, v in ratios.items()}
     say(f"wrote {json_path} and {stamp}.png in {result['wall_seconds']:.0f}s")
     summary = {name: round(v["per_second"]) for name, v in tp.items()}
-    print(json.dumps({"throughput_per_second": summary, "ratios": headline,
-                      "latency_p99_ms": {r["rate"]: round(r["p99_ms"], 1)
-                                         for r in result["latency"]},
-                      "memory": result.get("memory"), "targets": result["targets"],
-                      "json": str(json_path)}, indent=2))
+    print(
+        json.dumps(
+            {
+                "throughput_per_second": summary,
+                "ratios": headline,
+                "latency_p99_ms": {r["rate"]: round(r["p99_ms"], 1) for r in result["latency"]},
+                "memory": result.get("memory"),
+                "targets": result["targets"],
+                "json": str(json_path),
+            },
+            indent=2,
+        )
+    )
     import shutil
 
     shutil.rmtree(workdir, ignore_errors=True)

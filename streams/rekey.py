@@ -110,9 +110,12 @@ class Rekeyer(threading.Thread):
 
         try:
             while not self.stopping.is_set():
-                batch = consumer.consume(BATCH, timeout=0.1)
-                if not batch:
+                # consume(n, timeout) waits for n records or the timeout: at low rates that
+                # is pure latency. Wait for the first record only, then take what is there.
+                first = consumer.poll(0.1)
+                if first is None:
                     continue
+                batch = [first, *consumer.consume(BATCH - 1, timeout=0)]
                 for msg in batch:
                     if msg.error():
                         if msg.error().code() != KafkaError._PARTITION_EOF:

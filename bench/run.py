@@ -171,10 +171,12 @@ def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 120) -> None:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"worker exited with {proc.returncode}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as r:
-                if r.status == 200:
-                    return
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as r,
+        ):
+            if r.status == 200:
+                return
         time.sleep(0.2)
     raise RuntimeError("worker not ready")
 

@@ -15,7 +15,7 @@ demo: setup
 	$(VENV)/bin/enforcer demo $(DEMO_ARGS)
 
 ## make test: set up, then the whole test suite against a real Kafka broker
-test: setup
+test: setup $(PEER_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## make unit: only the tests that need no broker

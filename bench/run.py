@@ -22,12 +22,12 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from streams.codec import Codec
 from streams.generator import TrafficGenerator
@@ -123,8 +123,16 @@ def topic_flags(s: Settings) -> list[str]:
 
 
 def high_watermarks(consumer: Consumer, topic: str) -> int:
-    """How many records a topic holds (sum of partition end offsets)."""
-    md = consumer.list_topics(topic, timeout=10).topics[topic]
+    """How many records a topic holds (sum of partition end offsets); -1 while the
+    broker cannot tell yet (a new topic's leaders are still being elected)."""
+    try:
+        md = consumer.list_topics(topic, timeout=10).topics[topic]
+        return _sum_ends(consumer, topic, md.partitions)
+    except KafkaException:
+        return -1
+
+
+def _sum_ends(consumer: Consumer, topic: str, partitions: Iterable[int]) -> int:
     return sum(
         consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
         for p in md.partitions
@@ -236,7 +244,7 @@ def measure_throughput(
                 raise RuntimeError(f"process exited with {proc.returncode}")
             done = high_watermarks(consumer, decisions_topic)
             now = time.monotonic()
-            if done and first_at is None:
+            if done > 0 and first_at is None:
                 first_at, cpu_first = now, sampler.cpu()
             if done >= expected:
                 break

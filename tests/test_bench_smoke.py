@@ -13,8 +13,16 @@ PEER_PYTHON = ROOT / ".venv-peer" / "bin" / "python"
 
 
 def test_benchmark_smoke_run_writes_results(kafka: str, tmp_path: Path) -> None:
-    args = [sys.executable, "-m", "bench.run", "--quick", "--bootstrap-servers", kafka,
-            "--out", str(tmp_path)]
+    args = [
+        sys.executable,
+        "-m",
+        "bench.run",
+        "--quick",
+        "--bootstrap-servers",
+        kafka,
+        "--out",
+        str(tmp_path),
+    ]
     if PEER_PYTHON.exists():
         args += ["--peer-python", str(PEER_PYTHON)]
     result = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=ROOT)

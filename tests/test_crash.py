@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from streams.consent import EMPTY, apply
 from streams.generator import TrafficGenerator
 from streams.policy import load_policy
@@ -11,7 +13,11 @@ from tests.enforcer_env import Deployment
 from tests.support import live_view
 
 
-def test_kill_9_mid_stream_then_restart(kafka: str, names, tmp_path: Path) -> None:
+@pytest.mark.parametrize("restart", ["same-data-dir", "failover-to-new-data-dir"])
+def test_kill_9_mid_stream_then_restart(kafka: str, names, tmp_path: Path, restart: str) -> None:
+    """The restart is the same worker (static membership: it takes its partitions back
+    at once), or a worker elsewhere with no local state (it waits for the broker to
+    time the killed member out, then restores the tables from their changelogs)."""
     env = Deployment(kafka, names, tmp_path).create_topics()
     try:
         gen = TrafficGenerator(
@@ -43,7 +49,7 @@ def test_kill_9_mid_stream_then_restart(kafka: str, names, tmp_path: Path) -> No
         processed_before_kill = len(decisions.records)
         assert processed_before_kill < len(posts), "the worker finished before it was killed"
 
-        env.worker()  # same data dir
+        env.worker(data_dir=None if restart == "same-data-dir" else tmp_path / "elsewhere")
         produce(records[10_000:])
         post_ids = {p["post_id"] for p in posts}
 

@@ -25,7 +25,9 @@ log = logging.getLogger("streams.outputs")
 
 
 def producer_config(settings: Settings) -> dict[str, Any]:
-    """Idempotent, acknowledged by all replicas, lightly batched."""
+    """Every producer of the worker (outputs and re-keying): idempotent, acknowledged by
+    all replicas, lightly batched, uncompressed (the gate's aiokafka consumer reads the
+    internal topic without extra codec libraries)."""
     return {
         "bootstrap.servers": settings.bootstrap_servers,
         "enable.idempotence": True,

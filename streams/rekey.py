@@ -23,6 +23,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from .codec import OBJECTION, POST, Codec, DecodeError
 from .metrics import Metrics
+from .outputs import producer_config
 from .records import (
     KIND,
     KIND_OBJECTION,
@@ -58,20 +59,6 @@ def rekey_consumer_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def rekey_producer_config(settings: Settings) -> dict[str, Any]:
-    """The re-keying producer: idempotent, acks from all replicas, small linger."""
-    return {
-        "bootstrap.servers": settings.bootstrap_servers,
-        "enable.idempotence": True,
-        "acks": "all",
-        "linger.ms": 2,
-        "batch.num.messages": 10000,
-        "queue.buffering.max.messages": 200000,
-        "compression.type": "none",  # aiokafka (the gate) reads it without extra codecs
-        "log_level": 3,
-    }
-
-
 class Rekeyer(threading.Thread):
     """The re-keying loop, in a thread of the worker process."""
 
@@ -100,7 +87,7 @@ class Rekeyer(threading.Thread):
     def _loop(self) -> None:
         s = self.settings
         consumer = Consumer(rekey_consumer_config(s))
-        producer = Producer(rekey_producer_config(s))
+        producer = Producer(producer_config(s))
         consumer.subscribe(s.input_topics, on_assign=lambda c, ps: self.assigned.set())
         internal, partitions = s.user_events_topic, s.partitions
 

@@ -26,6 +26,7 @@ from .consent import decode_state, encode_state
 from .enforcement import Effects, Source, on_objection, on_post
 from .ledger import Ledger, TableState
 from .metrics import Metrics
+from .offsets import Admit, OffsetTracker
 from .outputs import OutputProducer
 from .policy import Policy
 from .records import (
@@ -44,6 +45,7 @@ from .records import (
 from .settings import Settings
 
 log = logging.getLogger("streams.enforcer")
+REPOSITION_RETRY = 5.0  # seconds before asking again to seek a partition
 
 
 class Processor:
@@ -69,6 +71,9 @@ class Processor:
         self.outputs = outputs
         self.metrics = metrics
         self.rekeyer: Any = None
+        self.offsets = OffsetTracker()
+        self.reposition: Any = None  # callback(partition, expected offset or None)
+        self._repositioning: dict[int, float] = {}  # partition -> when it was asked
 
     # -- readiness -----------------------------------------------------------------
     def ready(self) -> bool:
@@ -91,10 +96,33 @@ class Processor:
 
     # -- the batch -----------------------------------------------------------------
     def process(self, messages: Iterable[Any]) -> None:
-        """Process a batch of internal records, in order."""
+        """Process a batch of internal records, in offset order per partition."""
         for message in messages:
-            self.gate(message)
+            partition = message.partition
+            admit = self.offsets.admit(partition, message.offset)
+            if admit is Admit.PROCESS or admit is Admit.DUPLICATE:
+                self._repositioning.pop(partition, None)
+                self.gate(message)
+            elif time.monotonic() - self._repositioning.get(partition, 0.0) > REPOSITION_RETRY:
+                # a gap (Faust skipped records) or an unknown start: read from the right
+                # offset again; records until then are not processed and not committed
+                self._repositioning[partition] = time.monotonic()
+                expected = self.offsets.expected.get(partition)
+                log.info(
+                    "partition %d: %s at offset %d, repositioning to %s",
+                    partition,
+                    admit.value,
+                    message.offset,
+                    expected,
+                )
+                if self.reposition is not None:
+                    self.reposition(partition, expected)
         self.outputs.poll()
+
+    def forget(self, partition: int) -> None:
+        """A partition assigned anew or revoked: where it starts is looked up again."""
+        self.offsets.revoke(partition)
+        self._repositioning.pop(partition, None)
 
     def dlq(self, message: Any, reason: str) -> None:
         """Send a record to the DLQ with the contract's headers."""

@@ -19,6 +19,7 @@ from typing import Any
 import faust
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 from mode.services import WaitResults
 
 from .agents import Processor
@@ -29,6 +30,7 @@ from .outputs import OutputProducer, hook_commit
 from .policy import Policy
 from .rekey import Rekeyer
 from .settings import Settings
+from .topics import admin_client, start_offset
 
 RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 
@@ -158,6 +160,72 @@ def raw_table(app: faust.App, settings: Settings, name: str, help_text: str) -> 
     return table
 
 
+COMMIT_INTERVAL = 1.0  # seconds between the gate's offset commits
+
+
+def wire_offsets(
+    app: faust.App,
+    settings: Settings,
+    processor: Processor,
+    outputs: OutputProducer,
+    persist_offsets: Any,
+) -> None:
+    """The gate's own offset management: start positions, seeks after gaps, commits
+    (outputs flushed first: at-least-once), and forgetting partitions on rebalance."""
+    topic = settings.user_events_topic
+    admin = admin_client(settings)
+    loop_tasks: set[asyncio.Task] = set()
+
+    async def reposition(partition: int, expected: int | None) -> None:
+        if expected is None:
+            start = await asyncio.get_running_loop().run_in_executor(
+                None, start_offset, admin, settings.app_id, topic, partition
+            )
+            processor.offsets.start(partition, start)
+            expected = start
+        # seek in the consumer's own thread (aiokafka is not thread-safe)
+        await app.consumer._thread.seek_wait({TP(topic, partition): expected})
+
+    def request(partition: int, expected: int | None) -> None:
+        task = asyncio.ensure_future(reposition(partition, expected))
+        loop_tasks.add(task)
+        task.add_done_callback(loop_tasks.discard)
+
+    processor.reposition = request
+
+    @app.timer(COMMIT_INTERVAL)
+    async def commit_gate_offsets() -> None:
+        due = processor.offsets.to_commit()
+        if not due:
+            return
+        outputs.flush()
+        persist_offsets()
+        if await app.consumer._commit({TP(topic, p): o for p, o in due.items()}):
+            processor.offsets.committed_ok(due)
+
+    async def revoked(app: faust.App, tps: Any, **kwargs: Any) -> None:
+        for tp in tps:
+            if tp.topic == topic:
+                processor.forget(tp.partition)
+
+    async def assigned(app: faust.App, tps: Any, **kwargs: Any) -> None:
+        mine = sorted(tp.partition for tp in tps if tp.topic == topic)
+        for partition in mine:
+            processor.forget(partition)
+        # Faust seeks these partitions to the committed offsets; know them too, so that
+        # the first records need no lookup (a record before this is done is re-read)
+        loop = asyncio.get_running_loop()
+        for partition in mine:
+            start = await loop.run_in_executor(
+                None, start_offset, admin, settings.app_id, topic, partition
+            )
+            if partition not in processor.offsets.expected:
+                processor.offsets.start(partition, start)
+
+    app.on_partitions_revoked.connect(revoked)
+    app.on_partitions_assigned.connect(assigned)
+
+
 def build(
     settings: Settings, policy: Policy, codec: Codec, replication_factor: int = 1
 ) -> Enforcer:
@@ -167,7 +235,11 @@ def build(
         _install_fast_dispatch()
     app = faust.App(settings.app_id, **faust_settings(settings, replication_factor))
     n = settings.partitions
-    user_events = app.topic(settings.user_events_topic, partitions=n, internal=True, **RAW)
+    # acks=False: Faust does not commit this topic's offsets (it would commit past
+    # records its streams skip during recovery); the gate commits its own (offsets.py).
+    user_events = app.topic(
+        settings.user_events_topic, partitions=n, internal=True, acks=False, **RAW
+    )
     consent = raw_table(app, settings, "consent", "Consent state per user (per platform).")
     ledger = raw_table(app, settings, "ledger", "Live posts per user.")
     metrics = Metrics()
@@ -193,6 +265,7 @@ def build(
             processor.process(event.message for event in events)
 
     app.agent(user_events, name="gate")(gate)
+    wire_offsets(app, settings, processor, outputs, persist_offsets)
 
     @app.task
     async def start_rekeying() -> None:

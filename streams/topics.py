@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 from .settings import Settings, SettingsError
 
@@ -137,3 +137,16 @@ def ensure_topics(settings: Settings, *, create_inputs: bool) -> list[str]:
     # a concurrent creator may have used another partition count
     check_partitions(describe(admin, settings), settings)
     return created
+
+
+def start_offset(admin: AdminClient, group: str, topic: str, partition: int) -> int:
+    """Where a consumer group resumes a partition: its committed offset, or the
+    partition's earliest offset when it has none."""
+    tp = TopicPartition(topic, partition)
+    request = [ConsumerGroupTopicPartitions(group, [tp])]
+    result = admin.list_consumer_group_offsets(request)[group].result(timeout=30)
+    for committed in result.topic_partitions or []:
+        if committed.partition == partition and committed.offset >= 0:
+            return committed.offset
+    earliest = admin.list_offsets({tp: OffsetSpec.earliest()})[tp].result(timeout=30)
+    return max(0, earliest.offset)

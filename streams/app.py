@@ -196,8 +196,7 @@ def wire_offsets(
 
     processor.reposition = request
 
-    @app.timer(COMMIT_INTERVAL)
-    async def commit_gate_offsets() -> None:
+    async def commit_now() -> None:
         due = processor.offsets.to_commit()
         if not due:
             return
@@ -205,6 +204,23 @@ def wire_offsets(
         persist_offsets()
         if await app.consumer._commit({TP(topic, p): o for p, o in due.items()}):
             processor.offsets.committed_ok(due)
+
+    @app.timer(COMMIT_INTERVAL)
+    async def commit_gate_offsets() -> None:
+        await commit_now()
+
+    # On a clean stop, commit once more after Faust has stopped fetching and before it
+    # closes the tables, so that a restart does not decide the last second again.
+    wait_empty = app._consumer_wait_empty
+
+    async def wait_empty_then_commit(consumer: Any, logger: Any) -> None:
+        await wait_empty(consumer, logger)
+        try:
+            await commit_now()
+        except Exception as exc:  # the next worker re-reads; at-least-once holds
+            log.warning("final offset commit failed: %s", exc)
+
+    app._consumer_wait_empty = wait_empty_then_commit
 
     async def revoked(app: faust.App, tps: Any, **kwargs: Any) -> None:
         for tp in tps:

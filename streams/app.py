@@ -26,7 +26,7 @@ from .agents import Processor
 from .codec import Codec
 from .ledger import TableState
 from .metrics import Metrics
-from .outputs import OutputProducer, hook_commit
+from .outputs import OutputProducer
 from .policy import Policy
 from .rekey import Rekeyer
 from .settings import Settings
@@ -176,13 +176,14 @@ def wire_offsets(
     admin = admin_client(settings)
     loop_tasks: set[asyncio.Task] = set()
 
+    async def lookup_start(partition: int) -> int:
+        return await asyncio.get_running_loop().run_in_executor(
+            None, start_offset, admin, settings.app_id, topic, partition
+        )
+
     async def reposition(partition: int, expected: int | None) -> None:
         if expected is None:
-            start = await asyncio.get_running_loop().run_in_executor(
-                None, start_offset, admin, settings.app_id, topic, partition
-            )
-            processor.offsets.start(partition, start)
-            expected = start
+            processor.offsets.start(partition, await lookup_start(partition))
         # Seek every assigned partition back to its committed offset, as Faust itself does
         # after recovery (in the consumer's thread). The gate never commits past a gap, so
         # the skipped records come again; records already processed since the last commit
@@ -233,11 +234,8 @@ def wire_offsets(
             processor.forget(partition)
         # Faust seeks these partitions to the committed offsets; know them too, so that
         # the first records need no lookup (a record before this is done is re-read)
-        loop = asyncio.get_running_loop()
         for partition in mine:
-            start = await loop.run_in_executor(
-                None, start_offset, admin, settings.app_id, topic, partition
-            )
+            start = await lookup_start(partition)
             if partition not in processor.offsets.expected:
                 processor.offsets.start(partition, start)
 
@@ -270,7 +268,6 @@ def build(
         consent_state.persist_offsets()
         ledger_state.persist_offsets()
 
-    hook_commit(app, outputs, after_flush=persist_offsets)
     processor = Processor(
         app, settings, policy, codec, consent_state, ledger_state, outputs, metrics
     )

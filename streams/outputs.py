@@ -1,10 +1,9 @@
 """Every record the gate writes goes through one confluent-kafka (librdkafka) producer.
 
 aiokafka's producer costs tens of microseconds a record in Python; librdkafka
-batches in C. Faust still owns consuming, assignment, table recovery and offset
-commits: Faust flushes "its producer" before it commits offsets, and that flush is
-extended here (``hook_commit``) to flush this producer first, so no input offset is
-committed before its outputs are on the broker (at-least-once).
+batches in C. Faust owns consuming, assignment and table recovery; the gate commits
+its input offsets itself, and flushes this producer first, so no input offset is
+committed before its outputs are on the broker (at-least-once; ``app.wire_offsets``).
 
 A record the broker refuses after every retry stops the process before the next
 commit, so that the input is processed again after restart.
@@ -14,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -109,23 +107,3 @@ class OutputProducer:
             log.critical("%d records not delivered within %.0fs; exiting", remaining, timeout)
             logging.shutdown()
             os._exit(70)
-
-
-def hook_commit(
-    app: Any, outputs: OutputProducer, after_flush: Callable[[], None] | None = None
-) -> None:
-    """Make Faust's pre-commit producer flush also flush ``outputs``.
-
-    The flush runs synchronously on the event loop: no agent can queue more records
-    meanwhile, so it ends as soon as what was queued is acknowledged.
-    """
-    producer = app.producer
-    faust_flush = producer.flush
-
-    async def flush() -> None:
-        outputs.flush()
-        if after_flush is not None:
-            after_flush()
-        await faust_flush()
-
-    producer.flush = flush

@@ -106,18 +106,34 @@ class Processor:
             elif time.monotonic() - self._repositioning.get(partition, 0.0) > REPOSITION_RETRY:
                 # a gap (Faust skipped records) or an unknown start: read from the right
                 # offset again; records until then are not processed and not committed
-                self._repositioning[partition] = time.monotonic()
-                expected = self.offsets.expected.get(partition)
                 log.info(
                     "partition %d: %s at offset %d, repositioning to %s",
                     partition,
                     admit.value,
                     message.offset,
-                    expected,
+                    self.offsets.expected.get(partition),
                 )
-                if self.reposition is not None:
-                    self.reposition(partition, expected)
+                self._ask_reposition(partition)
         self.outputs.poll()
+
+    def _ask_reposition(self, partition: int) -> None:
+        self._repositioning[partition] = time.monotonic()
+        if self.reposition is not None:
+            self.reposition(partition, self.offsets.expected.get(partition))
+
+    def retry_repositioning(self) -> None:
+        """Ask again for partitions still waiting for a record after a reposition (a seek
+        can be undone by records fetched before it); called by a timer, so that a partition
+        that receives nothing new is not left waiting."""
+        now = time.monotonic()
+        for partition, asked in list(self._repositioning.items()):
+            if now - asked > REPOSITION_RETRY:
+                log.info(
+                    "partition %d: offset %s has not come yet, repositioning again",
+                    partition,
+                    self.offsets.expected.get(partition),
+                )
+                self._ask_reposition(partition)
 
     def forget(self, partition: int) -> None:
         """A partition assigned anew or revoked: where it starts is looked up again."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,7 @@ from .outputs import OutputProducer
 from .policy import Policy
 from .rekey import Rekeyer
 from .settings import Settings
-from .topics import admin_client, start_offset
+from .topics import admin_client, earliest_offset, start_offset
 
 RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 
@@ -163,6 +164,29 @@ def raw_table(app: faust.App, settings: Settings, name: str, help_text: str) -> 
 COMMIT_INTERVAL = 1.0  # seconds between the gate's offset commits
 
 
+class _UnfilteredTopic(defaultdict):
+    """Faust's read offsets, except that the gate's topic never has one."""
+
+    def __init__(self, topic: str, offsets: dict) -> None:
+        super().__init__(lambda: None, offsets)
+        self.topic = topic
+
+    def __getitem__(self, tp: Any) -> Any:
+        if tp.topic == self.topic:
+            return None
+        return super().__getitem__(tp)
+
+
+def _unfilter_read_offsets(consumer: Any, topic: str) -> None:
+    """Faust drops a fetched record whose offset is below the last one it handed out
+    (``_read_offset``), and a seek does not reliably reset that: records of a batch
+    fetched before the seek set it forward again, and the records the seek was for were
+    then dropped silently (a partition stalled in the crash test). The gate tracks its
+    own offsets (``offsets.py``) and wants every record, so Faust's filter is off for
+    its topic."""
+    consumer._read_offset = _UnfilteredTopic(topic, consumer._read_offset)
+
+
 def wire_offsets(
     app: faust.App,
     settings: Settings,
@@ -181,14 +205,39 @@ def wire_offsets(
             None, start_offset, admin, settings.app_id, topic, partition
         )
 
+    async def lookup_earliest(partition: int) -> int:
+        return await asyncio.get_running_loop().run_in_executor(
+            None, earliest_offset, admin, topic, partition
+        )
+
     async def reposition(partition: int, expected: int | None) -> None:
-        if expected is None:
-            processor.offsets.start(partition, await lookup_start(partition))
-        # Seek every assigned partition back to its committed offset, as Faust itself does
-        # after recovery (in the consumer's thread). The gate never commits past a gap, so
-        # the skipped records come again; records already processed since the last commit
-        # (at most about a second of them) are re-read and decided again, idempotently.
-        await app.consumer.perform_seek()
+        # Seek the partition to the next record the gate must process: its committed
+        # offset after an unknown start, the next expected offset after a gap (records
+        # Faust skipped come again). Faust's own perform_seek is no use here: aiokafka's
+        # seek_to_committed skips partitions whose committed offset is missing or 0, and
+        # the gate would then wait for a record that never comes.
+        try:
+            if expected is None:
+                target = await lookup_start(partition)
+                processor.offsets.start(partition, target)
+            else:
+                target = expected
+                earliest = await lookup_earliest(partition)
+                if expected < earliest:
+                    log.error(
+                        "%s[%d]: records %d to %d were deleted by retention before the "
+                        "gate processed them; resuming at %d",
+                        topic,
+                        partition,
+                        expected,
+                        earliest - 1,
+                        earliest,
+                    )
+                    processor.offsets.start(partition, earliest)
+                    target = earliest
+            await app.consumer.seek(TP(topic, partition), target)
+        except Exception as exc:  # revoked meanwhile, broker away: asked again later
+            log.warning("partition %d: repositioning failed: %s", partition, exc)
 
     def request(partition: int, expected: int | None) -> None:
         task = asyncio.ensure_future(reposition(partition, expected))
@@ -196,6 +245,7 @@ def wire_offsets(
         task.add_done_callback(loop_tasks.discard)
 
     processor.reposition = request
+    _unfilter_read_offsets(app.consumer, topic)
 
     async def commit_now() -> None:
         due = processor.offsets.to_commit()
@@ -208,6 +258,7 @@ def wire_offsets(
 
     @app.timer(COMMIT_INTERVAL)
     async def commit_gate_offsets() -> None:
+        processor.retry_repositioning()
         await commit_now()
 
     # On a clean stop, commit once more after Faust has stopped fetching and before it

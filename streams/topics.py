@@ -7,6 +7,7 @@ count, or table reads would silently miss: a mismatch stops the worker at start.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
@@ -15,6 +16,7 @@ from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 from .settings import Settings, SettingsError
 
 TABLES = ("consent", "ledger")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -139,14 +141,33 @@ def ensure_topics(settings: Settings, *, create_inputs: bool) -> list[str]:
     return created
 
 
+def earliest_offset(admin: AdminClient, topic: str, partition: int) -> int:
+    """The first offset still stored in a partition (after retention)."""
+    tp = TopicPartition(topic, partition)
+    return max(0, admin.list_offsets({tp: OffsetSpec.earliest()})[tp].result(timeout=30).offset)
+
+
 def start_offset(admin: AdminClient, group: str, topic: str, partition: int) -> int:
     """Where a consumer group resumes a partition: its committed offset, or the
-    partition's earliest offset when it has none."""
+    partition's earliest offset when it has none or when retention deleted the records
+    it points to (logged: those records were never processed)."""
     tp = TopicPartition(topic, partition)
     request = [ConsumerGroupTopicPartitions(group, [tp])]
     result = admin.list_consumer_group_offsets(request)[group].result(timeout=30)
+    earliest = earliest_offset(admin, topic, partition)
     for committed in result.topic_partitions or []:
         if committed.partition == partition and committed.offset >= 0:
+            if committed.offset < earliest:
+                log.error(
+                    "%s[%d]: records %d to %d were deleted by retention before group %s "
+                    "processed them; resuming at %d",
+                    topic,
+                    partition,
+                    committed.offset,
+                    earliest - 1,
+                    group,
+                    earliest,
+                )
+                return earliest
             return committed.offset
-    earliest = admin.list_offsets({tp: OffsetSpec.earliest()})[tp].result(timeout=30)
-    return max(0, earliest.offset)
+    return earliest

@@ -101,3 +101,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "kafka" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator:
+    """On a failure, attach the tail of every worker log the test wrote.
+
+    Worker logs live in the test's ``tmp_path``, which a CI machine discards; the report
+    is the only place an operator can read why a worker did not do what was expected."""
+    report = yield
+    if report.when == "call" and report.failed:
+        tmp = getattr(item, "funcargs", {}).get("tmp_path")
+        if isinstance(tmp, Path):
+            for log in sorted(tmp.rglob("*-worker.log")):
+                lines = [
+                    line
+                    for line in log.read_text(errors="replace").splitlines()
+                    # skip Faust's table drawings and the per-record DLQ warnings
+                    if line.strip() and line[0] not in "|+" and "] DLQ " not in line
+                ]
+                title = f"worker log {log.parent.name}/{log.name} (last 150 lines)"
+                report.sections.append((title, "\n".join(lines[-150:])))
+    return report

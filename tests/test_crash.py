@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from streams.consent import EMPTY, apply
 from streams.generator import TrafficGenerator
 from streams.policy import load_policy
+from streams.records import partition_for_user
 from tests.enforcer_env import Deployment
 from tests.support import live_view
 
@@ -56,7 +58,19 @@ def test_kill_9_mid_stream_then_restart(kafka: str, names, tmp_path: Path, resta
         def all_posts_decided(rs) -> bool:
             return post_ids <= {r.key.decode() for r in rs}
 
-        decisions.wait_for(all_posts_decided, timeout=180, what="a decision for every post")
+        try:
+            decisions.wait_for(all_posts_decided, timeout=180, what="a decision for every post")
+        except AssertionError as exc:
+            undecided = post_ids - {r.key.decode() for r in decisions.records}
+            by_partition = Counter(
+                partition_for_user(p["user_id"].encode(), env.partitions)
+                for p in posts
+                if p["post_id"] in undecided
+            )
+            raise AssertionError(
+                f"{exc}: {len(undecided)} posts undecided, by gate partition "
+                f"{dict(sorted(by_partition.items()))}"
+            ) from None
         dlq = env.reader(names.dlq).wait_for(
             lambda rs: (
                 len(

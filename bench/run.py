@@ -342,7 +342,10 @@ def latency_run(bootstrap: str, workdir: Path, rate: int, seconds: float) -> dic
         feeder.start()
         quiet_until = None
         while True:
-            msgs = consumer.consume(1000, timeout=0.05)
+            # poll for the first record, then drain: consume(n, timeout) would wait for n
+            # records or the timeout, adding up to the timeout to every measured latency
+            first = consumer.poll(0.05)
+            msgs = [first, *consumer.consume(1000, timeout=0)] if first is not None else []
             now_ms = time.time() * 1000
             for m in msgs:
                 if m.error() or m.value() is None:

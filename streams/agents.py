@@ -98,23 +98,28 @@ class Processor:
     def process(self, messages: Iterable[Any]) -> None:
         """Process a batch of internal records, in offset order per partition."""
         for message in messages:
-            partition = message.partition
-            admit = self.offsets.admit(partition, message.offset)
-            if admit is Admit.PROCESS or admit is Admit.DUPLICATE:
-                self._repositioning.pop(partition, None)
-                self.gate(message)
-            elif time.monotonic() - self._repositioning.get(partition, 0.0) > REPOSITION_RETRY:
-                # a gap (Faust skipped records) or an unknown start: read from the right
-                # offset again; records until then are not processed and not committed
-                log.info(
-                    "partition %d: %s at offset %d, repositioning to %s",
-                    partition,
-                    admit.value,
-                    message.offset,
-                    self.offsets.expected.get(partition),
-                )
-                self._ask_reposition(partition)
+            self.process_one(message)
         self.outputs.poll()
+
+    def process_one(self, message: Any) -> None:
+        """Process one internal record (records of a partition come in offset order)."""
+        partition = message.partition
+        admit = self.offsets.admit(partition, message.offset)
+        if admit is Admit.PROCESS or admit is Admit.DUPLICATE:
+            if self._repositioning:
+                self._repositioning.pop(partition, None)
+            self.gate(message)
+        elif time.monotonic() - self._repositioning.get(partition, 0.0) > REPOSITION_RETRY:
+            # a gap (Faust skipped records) or an unknown start: read from the right
+            # offset again; records until then are not processed and not committed
+            log.info(
+                "partition %d: %s at offset %d, repositioning to %s",
+                partition,
+                admit.value,
+                message.offset,
+                self.offsets.expected.get(partition),
+            )
+            self._ask_reposition(partition)
 
     def _ask_reposition(self, partition: int) -> None:
         self._repositioning[partition] = time.monotonic()

@@ -29,7 +29,7 @@ from .ledger import TableState
 from .metrics import Metrics
 from .outputs import OutputProducer
 from .policy import Policy
-from .rekey import Rekeyer
+from .rekey import RekeyStage
 from .settings import Settings
 from .topics import admin_client, earliest_offset, start_offset
 
@@ -346,8 +346,8 @@ def build(
     processor = Processor(
         app, settings, policy, codec, consent_state, ledger_state, outputs, metrics
     )
-    rekeyer = Rekeyer(settings, codec, metrics)
-    processor.rekeyer = rekeyer
+    rekeyer = RekeyStage(settings)
+    processor.rekeyer = metrics.stage = rekeyer
 
     # The agent subscribes the worker to the internal topic, which is what makes Faust
     # assign its partitions together with the table partitions. Its records normally
@@ -367,11 +367,16 @@ def build(
     async def start_rekeying() -> None:
         rekeyer.start()
 
+    @app.timer(1.0)
+    async def watch_rekeying() -> None:
+        if not rekeyer.is_alive() and not rekeyer.stopping.is_set() and not app.should_stop:
+            log.critical("the re-keying stage exited (%s); exiting", rekeyer.process.exitcode)
+            logging.shutdown()
+            os._exit(70)
+
     @app.on_before_shutdown.connect
     def stop_rekeying(app: faust.App, **kwargs: Any) -> None:
-        rekeyer.stopping.set()
-        if rekeyer.is_alive():
-            rekeyer.join(30)
+        rekeyer.stop(30)
         outputs.flush()
 
     @app.page("/ready")

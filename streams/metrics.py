@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
+from typing import Any
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -21,6 +22,12 @@ class Metrics:
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
         self.latency_n = 0
+        self.stage: Any = None  # the re-keying stage: inputs() and dlq() counts
+
+    def _with_stage(self, own: Counter[str], name: str) -> Counter[str]:
+        if self.stage is None:
+            return own
+        return own + Counter(getattr(self.stage, name)())
 
     def observe_latency(self, seconds: float) -> None:
         """Record one decision latency (input timestamp to decision)."""
@@ -43,13 +50,13 @@ class Metrics:
             "# HELP enforcer_dlq_total Records sent to the dead-letter topic, by source topic.",
             "# TYPE enforcer_dlq_total counter",
         ]
-        for topic, n in sorted(self.dlq.items()):
+        for topic, n in sorted(self._with_stage(self.dlq, "dlq").items()):
             out.append(f'enforcer_dlq_total{{source_topic="{topic}"}} {n}')
         out += [
             "# HELP enforcer_inputs_total Input records read, by kind.",
             "# TYPE enforcer_inputs_total counter",
         ]
-        for kind, n in sorted(self.inputs.items()):
+        for kind, n in sorted(self._with_stage(self.inputs, "inputs").items()):
             out.append(f'enforcer_inputs_total{{kind="{kind}"}} {n}')
         out += [
             "# HELP enforcer_objection_events_total Objection events applied to the consent "

@@ -5,24 +5,28 @@ each record, and forwards its unchanged bytes to the internal topic on the parti
 of the ``user_id`` in its value (murmur2, the worker's partition count), with the
 original coordinates in headers; anything unreadable goes to the DLQ with a reason.
 
-It runs on confluent-kafka (librdkafka) in its own thread, in batches: consume a
-batch, produce it, wait until the broker has every record (``flush``), then commit
-the batch's offsets. A crash re-forwards at most the last batch (at-least-once; the
-gate is idempotent per post and per event). A record that cannot be delivered stops
-the process before its offset is committed.
+It runs on confluent-kafka (librdkafka) in a child process of the worker (its own
+interpreter, so it does not compete with the gate for the GIL and can use a second
+core), in batches: consume a batch, produce it, wait until the broker has every record
+(``flush``), then commit the batch's offsets. A crash re-forwards at most the last
+batch (at-least-once; the gate is idempotent per post and per event). A record that
+cannot be delivered stops the stage before its offset is committed, and the worker
+stops with it; the stage dies with the worker (``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import multiprocessing
 import os
-import threading
+import signal
+import sys
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
 from .codec import OBJECTION, POST, Codec, DecodeError
-from .metrics import Metrics
 from .outputs import producer_config
 from .records import (
     KIND,
@@ -59,24 +63,115 @@ def rekey_consumer_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-class Rekeyer(threading.Thread):
-    """The re-keying loop, in a thread of the worker process."""
+# shared counters of the stage, read by the worker's /metrics
+INPUT_POSTS, INPUT_OBJECTIONS, DLQ_POSTS, DLQ_OBJECTIONS = range(4)
 
-    def __init__(self, settings: Settings, codec: Codec, metrics: Metrics) -> None:
-        super().__init__(name="rekey", daemon=True)
+
+class RekeyStage:
+    """The re-keying stage as seen from the worker: a child process to start, watch
+    and stop, whose readiness and counters the worker reports."""
+
+    def __init__(self, settings: Settings) -> None:
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process with threads
+        self.settings = settings
+        self.stopping = ctx.Event()
+        self.assigned = ctx.Event()
+        self.counts = ctx.Array("q", 4, lock=False)  # written by the child only
+        self.process = ctx.Process(
+            target=run_stage,
+            args=(settings, self.stopping, self.assigned, self.counts),
+            name="enforcer-rekey",
+            daemon=True,
+        )
+
+    def start(self) -> None:
+        """Start the child process."""
+        self.process.start()
+
+    def is_alive(self) -> bool:
+        """Whether the child process runs."""
+        return self.process.is_alive()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Ask the stage to finish its batch and stop; kill it after ``timeout``."""
+        self.stopping.set()
+        if self.process.pid is None:
+            return
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(5)
+
+    def inputs(self) -> dict[str, int]:
+        """Input records forwarded, by kind."""
+        return {"post": self.counts[INPUT_POSTS], "objection": self.counts[INPUT_OBJECTIONS]}
+
+    def dlq(self) -> dict[str, int]:
+        """Input records sent to the DLQ, by source topic."""
+        s = self.settings
+        return {
+            s.posts_topic: self.counts[DLQ_POSTS],
+            s.objections_topic: self.counts[DLQ_OBJECTIONS],
+        }
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when the worker that started it dies."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def run_stage(settings: Settings, stopping: Any, assigned: Any, counts: Any) -> None:
+    """The child process: log like the worker, then run the loop until stopped."""
+    parent = os.getppid()
+    _die_with_parent()
+    if os.getppid() != parent:  # the worker died before the line above
+        os._exit(70)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when to stop
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    level = settings.log_level.upper()
+    logging.basicConfig(
+        level=logging.DEBUG if level == "DEBUG" else getattr(logging, level, logging.INFO),
+        format="[%(asctime)s] [%(process)s] [%(levelname)s] [rekey] %(message)s",
+        stream=sys.stderr,
+    )
+    from .cli import make_codec
+
+    Rekeyer(settings, make_codec(settings), stopping, assigned, counts).run()
+
+
+class Rekeyer:
+    """The re-keying loop (in the stage's process)."""
+
+    def __init__(
+        self, settings: Settings, codec: Codec, stopping: Any, assigned: Any, counts: Any
+    ) -> None:
         self.settings = settings
         self.codec = codec
-        self.metrics = metrics
-        self.stopping = threading.Event()
-        self.assigned = threading.Event()
+        self.stopping = stopping
+        self.assigned = assigned
+        self.counts = counts
         self._kinds = {
-            settings.posts_topic: (POST, KIND_POST, check_post),
-            settings.objections_topic: (OBJECTION, KIND_OBJECTION, check_objection),
+            settings.posts_topic: (POST, KIND_POST, check_post, INPUT_POSTS),
+            settings.objections_topic: (
+                OBJECTION,
+                KIND_OBJECTION,
+                check_objection,
+                INPUT_OBJECTIONS,
+            ),
+        }
+        self._dlq_slot = {
+            settings.posts_topic: DLQ_POSTS,
+            settings.objections_topic: DLQ_OBJECTIONS,
         }
         self._failure: str | None = None
 
     def run(self) -> None:
-        """Consume, forward, flush, commit; until stopped."""
+        """Consume, forward, flush, commit; until stopped. Any failure ends the process
+        with exit code 70 (the worker sees it and stops too)."""
         try:
             self._loop()
         except Exception:
@@ -128,7 +223,7 @@ class Rekeyer(threading.Thread):
             (SRC_PARTITION, str(msg.partition()).encode()),
             (SRC_OFFSET, str(msg.offset()).encode()),
         ]
-        expected, kind, check = self._kinds[topic]
+        expected, kind, check, slot = self._kinds[topic]
         try:
             if value is None:
                 raise DecodeError("null value")
@@ -140,7 +235,7 @@ class Rekeyer(threading.Thread):
         except Exception as exc:  # never let one record stop the worker
             self._dlq(msg, producer, f"cannot read record: {type(exc).__name__}", source, delivered)
             return
-        self.metrics.inputs[kind.decode()] += 1
+        self.counts[slot] += 1
         key = datum["user_id"].encode("utf-8")
         _, timestamp = msg.timestamp()
         self._produce(
@@ -157,7 +252,7 @@ class Rekeyer(threading.Thread):
     def _dlq(
         self, msg: Message, producer: Producer, reason: str, source: list, delivered: Any
     ) -> None:
-        self.metrics.dlq[msg.topic()] += 1
+        self.counts[self._dlq_slot[msg.topic()]] += 1
         log.warning("DLQ %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), reason)
         error = ("error", reason.encode("utf-8", "replace"))
         headers = [*(msg.headers() or []), error, *source]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.enforcer_env import Deployment, metric, wait_metric
@@ -119,3 +121,38 @@ def test_http_endpoints_and_no_content_in_logs(env: Deployment) -> None:
     if status.returncode == 0 and status.stdout.strip():
         assert all("127.0.0.1:" in line for line in status.stdout.splitlines()), status.stdout
     assert worker.stop() == 0
+
+
+def _stage(worker) -> psutil.Process:
+    children = psutil.Process(worker.proc.pid).children()
+    # the other child is multiprocessing's resource tracker
+    [stage] = [c for c in children if "spawn_main" in " ".join(c.cmdline())]
+    return stage
+
+
+def _wait_gone(process: psutil.Process, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, f"process {process.pid} still running"
+        time.sleep(0.1)
+
+
+def test_the_rekeying_stage_lives_and_dies_with_the_worker(env: Deployment) -> None:
+    """The re-keying stage is a child process: it stops with a clean stop, it dies when
+    the worker is killed (no orphan left in the consumer group), and the worker stops
+    (exit 70, a supervisor restarts it) when the stage dies."""
+    worker = env.worker()
+    stage = _stage(worker)
+    assert worker.stop() == 0
+    _wait_gone(stage)
+
+    worker = env.worker()
+    stage = _stage(worker)
+    worker.proc.kill()  # SIGKILL of the worker's own pid only, not of its process group
+    worker.proc.wait()
+    _wait_gone(stage)
+
+    worker = env.worker()
+    _stage(worker).kill()
+    assert worker.proc.wait(30) == 70, worker.log()
+    assert "the re-keying stage exited" in worker.full_log()

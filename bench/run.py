@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
 from streams.codec import Codec
 from streams.generator import TrafficGenerator
@@ -38,7 +38,7 @@ from streams.topics import ensure_topics
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL_KAFKA = ROOT / "deploy" / "kafka" / "local-kafka"
 PARTITIONS = 8
-WARMUP = 2.0  # seconds of latency-run traffic not counted
+WARMUP = 5.0  # seconds of latency-run traffic not counted
 
 
 @dataclasses.dataclass
@@ -311,7 +311,11 @@ def latency_run(bootstrap: str, workdir: Path, rate: int, seconds: float) -> dic
                 "fetch.wait.max.ms": 5,
             }
         )
-        consumer.subscribe([s.training_topic])
+        # assigned, not subscribed: a group join would make the first seconds of records
+        # wait for the reader, and count that wait as the enforcer's latency
+        consumer.assign(
+            [TopicPartition(s.training_topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)]
+        )
         codec = Codec()
         gen = TrafficGenerator(5000, seed=rate, objection_rate=0.0)
         stop_event = threading.Event()

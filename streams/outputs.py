@@ -30,7 +30,7 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         "bootstrap.servers": settings.bootstrap_servers,
         "enable.idempotence": True,
         "acks": "all",
-        "linger.ms": 1,
+        "linger.ms": settings.linger_ms,
         "batch.num.messages": 10000,
         "queue.buffering.max.messages": 500000,
         "queue.buffering.max.kbytes": 262144,

@@ -56,6 +56,7 @@ def rekey_consumer_config(settings: Settings) -> dict[str, Any]:
         "auto.offset.reset": "earliest",
         "isolation.level": "read_committed",
         "fetch.wait.max.ms": 10,
+        "fetch.min.bytes": settings.fetch_min_bytes,
         "queued.min.messages": 20000,
         "partition.assignment.strategy": "cooperative-sticky",
         "session.timeout.ms": 30000,

@@ -38,7 +38,7 @@ from streams.topics import ensure_topics
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL_KAFKA = ROOT / "deploy" / "kafka" / "local-kafka"
 PARTITIONS = 8
-WARMUP = 5.0  # seconds of latency-run traffic not counted
+WARMUP = 2.0  # seconds of latency-run traffic not counted
 
 
 @dataclasses.dataclass

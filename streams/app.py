@@ -31,7 +31,7 @@ from .outputs import OutputProducer
 from .policy import Policy
 from .rekey import RekeyStage
 from .settings import Settings
-from .topics import admin_client, earliest_offset, start_offset
+from .topics import admin_client, resume_offset, start_offset
 
 RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 
@@ -232,9 +232,9 @@ def wire_offsets(
             None, start_offset, admin, settings.app_id, topic, partition
         )
 
-    async def lookup_earliest(partition: int) -> int:
+    async def resume_at(partition: int, offset: int) -> int:
         return await asyncio.get_running_loop().run_in_executor(
-            None, earliest_offset, admin, topic, partition
+            None, resume_offset, admin, topic, partition, offset, "the gate"
         )
 
     async def reposition(partition: int, expected: int | None) -> None:
@@ -246,22 +246,10 @@ def wire_offsets(
         try:
             if expected is None:
                 target = await lookup_start(partition)
-                processor.offsets.start(partition, target)
             else:
-                target = expected
-                earliest = await lookup_earliest(partition)
-                if expected < earliest:
-                    log.error(
-                        "%s[%d]: records %d to %d were deleted by retention before the "
-                        "gate processed them; resuming at %d",
-                        topic,
-                        partition,
-                        expected,
-                        earliest - 1,
-                        earliest,
-                    )
-                    processor.offsets.start(partition, earliest)
-                    target = earliest
+                target = await resume_at(partition, expected)
+            if target != expected:
+                processor.offsets.start(partition, target)
             await app.consumer.seek(TP(topic, partition), target)
         except Exception as exc:  # revoked meanwhile, broker away: asked again later
             log.warning("partition %d: repositioning failed: %s", partition, exc)

@@ -147,27 +147,33 @@ def earliest_offset(admin: AdminClient, topic: str, partition: int) -> int:
     return max(0, admin.list_offsets({tp: OffsetSpec.earliest()})[tp].result(timeout=30).offset)
 
 
+def resume_offset(admin: AdminClient, topic: str, partition: int, offset: int, reader: str) -> int:
+    """``offset``, or the partition's earliest offset when retention deleted the records
+    from ``offset`` on before ``reader`` processed them (logged: they are lost)."""
+    earliest = earliest_offset(admin, topic, partition)
+    if offset >= earliest:
+        return offset
+    log.error(
+        "%s[%d]: records %d to %d were deleted by retention before %s processed them; "
+        "resuming at %d",
+        topic,
+        partition,
+        offset,
+        earliest - 1,
+        reader,
+        earliest,
+    )
+    return earliest
+
+
 def start_offset(admin: AdminClient, group: str, topic: str, partition: int) -> int:
     """Where a consumer group resumes a partition: its committed offset, or the
     partition's earliest offset when it has none or when retention deleted the records
-    it points to (logged: those records were never processed)."""
+    it points to."""
     tp = TopicPartition(topic, partition)
     request = [ConsumerGroupTopicPartitions(group, [tp])]
     result = admin.list_consumer_group_offsets(request)[group].result(timeout=30)
-    earliest = earliest_offset(admin, topic, partition)
     for committed in result.topic_partitions or []:
         if committed.partition == partition and committed.offset >= 0:
-            if committed.offset < earliest:
-                log.error(
-                    "%s[%d]: records %d to %d were deleted by retention before group %s "
-                    "processed them; resuming at %d",
-                    topic,
-                    partition,
-                    committed.offset,
-                    earliest - 1,
-                    group,
-                    earliest,
-                )
-                return earliest
-            return committed.offset
-    return earliest
+            return resume_offset(admin, topic, partition, committed.offset, f"group {group}")
+    return earliest_offset(admin, topic, partition)

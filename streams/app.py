@@ -11,6 +11,7 @@ and live-post ledger.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 from collections import defaultdict
@@ -365,6 +366,19 @@ def build(
             logging.shutdown()
             os._exit(70)
 
+    frozen = False
+
+    @app.timer(0.2)
+    async def freeze_startup_objects() -> None:
+        # The objects of a started worker (Faust, aiokafka, the tables) live as long as
+        # it does; once it is ready, move them out of the collector's reach. A full
+        # collection then no longer walks them: 50 ms pauses, a tail of every latency.
+        nonlocal frozen
+        if not frozen and processor.ready():
+            gc.collect()
+            gc.freeze()
+            frozen = True
+
     @app.on_before_shutdown.connect
     def stop_rekeying(app: faust.App, **kwargs: Any) -> None:
         rekeyer.stop(30)
@@ -372,11 +386,12 @@ def build(
 
     @app.page("/ready")
     async def ready(web: Any, request: Any) -> Any:
-        ok = processor.ready()
+        ok = frozen and processor.ready()
         return web.json({"ready": ok}, status=200 if ok else 503)
 
     @app.page("/metrics")
     async def prometheus(web: Any, request: Any) -> Any:
-        return web.text(metrics.render(processor.ready()), content_type="text/plain; version=0.0.4")
+        ready = frozen and processor.ready()
+        return web.text(metrics.render(ready), content_type="text/plain; version=0.0.4")
 
     return Enforcer(app, processor, metrics)

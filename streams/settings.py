@@ -61,7 +61,7 @@ class Settings:
     log_level: str = "info"
     # batching: more records per request means far fewer requests for the broker to
     # serve (at 2,000 posts/s on 2 cores, 0.85 -> 0.62 broker cores and p99 280 -> 61 ms)
-    linger_ms: int = 10
+    linger_ms: int = 5
     fetch_min_bytes: int = 65536
 
     # -- internal topics, named after the application id like Kafka Streams does --
@@ -151,7 +151,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--linger-ms",
         type=int,
-        help="how long output records wait to be sent in a batch [ENFORCER_LINGER_MS, default 10]",
+        help="how long output records wait to be sent in a batch [ENFORCER_LINGER_MS, default 5]",
     )
     g.add_argument(
         "--fetch-min-bytes",

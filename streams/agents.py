@@ -5,9 +5,10 @@ Posts are decided; objection events update the consent table and retract live
 posts; replay requests re-decide a past post and answer the replay command.
 
 A batch is processed without a single ``await``, so an agent can only be cancelled
-between batches, never halfway through an input. When an input retracts posts, its
-outputs are flushed to the broker *before* the local state changes, so a crash in
-between re-processes the input and retracts again instead of forgetting to.
+between batches, never halfway through an input. When an input retracts posts, the
+ledger holds the removals until the broker has acknowledged the tombstones (they are
+settled before each commit), so a crash in between re-processes the input and
+retracts again instead of forgetting to.
 
 Nothing here logs post text or media URLs.
 """
@@ -144,6 +145,14 @@ class Processor:
         """A partition assigned anew or revoked: where it starts is looked up again."""
         self.offsets.revoke(partition)
         self._repositioning.pop(partition, None)
+        self.ledger.forget((partition,))
+
+    def settle(self) -> None:
+        """Before a commit: wait for every output, then write the ledger removals they
+        made safe, and wait for those too."""
+        self.outputs.flush()
+        if self.ledger.settle():
+            self.outputs.flush()
 
     def dlq(self, message: Any, reason: str) -> None:
         """Send a record to the DLQ with the contract's headers."""
@@ -259,8 +268,8 @@ class Processor:
         self.metrics.objections[event["action"]] += 1
 
     def _emit(self, fx: Effects, user_id: str, partition: int) -> None:
-        """Write the effects' records, then the ledger. When they retract, wait for the
-        broker to acknowledge them before the ledger forgets the posts."""
+        """Write the effects' records, then the ledger (whose removals are held until the
+        tombstones are acknowledged: ``Ledger.settle``)."""
         if fx.empty:
             return
         s, enc, produce = self.settings, self.codec.encode, self.outputs.produce
@@ -288,7 +297,6 @@ class Processor:
         if fx.tombstones:
             self.metrics.retractions += len(fx.retractions)
             self.metrics.retracted_posts += len(fx.tombstones)
-            self.outputs.flush()  # synchronous: nothing else runs until the broker has them
         for post_id, platform in fx.ledger_add.items():
             self.ledger.add(partition, user_id, post_id, platform)
         for post_id in fx.ledger_remove:

@@ -267,7 +267,7 @@ def wire_offsets(
         due = processor.offsets.to_commit()
         if not due:
             return
-        outputs.flush()
+        processor.settle()
         persist_offsets()
         if await app.consumer._commit({TP(topic, p): o for p, o in due.items()}):
             processor.offsets.committed_ok(due)

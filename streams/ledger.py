@@ -12,7 +12,7 @@ contiguous key range, read by prefix without scanning anyone else's.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 from faust.types import TP
@@ -75,27 +75,58 @@ class TableState:
 
 
 class Ledger:
-    """Live post ids per user."""
+    """Live post ids per user.
+
+    A removal is held, and read as done, until ``settle`` writes it to the table and
+    its changelog; the gate settles only after the broker has acknowledged the
+    tombstones that caused it (``app.wire_offsets``, before each commit). A crash
+    before then leaves the post in the table, so the re-processed input retracts it
+    again. Written at once, the table could forget a post whose tombstone was lost: a
+    leak. Holding removals costs no synchronous flush per retraction.
+    """
 
     def __init__(self, state: TableState) -> None:
         self.state = state
+        self._held: dict[tuple[int, bytes], None] = {}  # (partition, key) removed, unwritten
 
     def is_live(self, partition: int, user_id: str, post_id: str) -> bool:
         """True when the post is live."""
-        return self.state.get(partition, entry_key(user_id, post_id)) is not None
+        key = entry_key(user_id, post_id)
+        if self._held and (partition, key) in self._held:
+            return False
+        return self.state.get(partition, key) is not None
 
     def live_posts(self, partition: int, user_id: str) -> dict[str, str]:
         """Every live post of a user as post id -> platform."""
         prefix = user_prefix(user_id)
+        held = self._held
         return {
             key[len(prefix) :].decode("utf-8"): value.decode("utf-8")
             for key, value in self.state.scan(partition, prefix)
+            if not (held and (partition, key) in held)
         }
 
     def add(self, partition: int, user_id: str, post_id: str, platform: str) -> None:
         """Record a post as live (rewritten even if present: the changelog converges)."""
-        self.state.put(partition, entry_key(user_id, post_id), platform.encode("utf-8"))
+        key = entry_key(user_id, post_id)
+        self._held.pop((partition, key), None)
+        self.state.put(partition, key, platform.encode("utf-8"))
 
     def remove(self, partition: int, user_id: str, post_id: str) -> None:
-        """Record a post as no longer live."""
-        self.state.delete(partition, entry_key(user_id, post_id))
+        """Record a post as no longer live (held until ``settle``)."""
+        self._held[(partition, entry_key(user_id, post_id))] = None
+
+    def settle(self, partitions: Collection[int] | None = None) -> int:
+        """Write the held removals (of ``partitions``, or all); call only once every
+        output produced before them is acknowledged. Returns how many were written."""
+        done = [pk for pk in self._held if partitions is None or pk[0] in partitions]
+        for partition, key in done:
+            self.state.delete(partition, key)
+            del self._held[(partition, key)]
+        return len(done)
+
+    def forget(self, partitions: Collection[int]) -> None:
+        """Drop held removals of partitions that are no longer ours (their input is
+        processed again by the next owner, which retracts again)."""
+        for pk in [pk for pk in self._held if pk[0] in partitions]:
+            del self._held[pk]

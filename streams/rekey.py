@@ -43,7 +43,6 @@ from .records import (
     SRC_TOPIC,
     check_objection,
     check_post,
-    partition_for_user,
 )
 from .settings import Settings
 
@@ -191,8 +190,10 @@ class Rekeyer:
     def _loop(self) -> None:
         s = self.settings
         consumer = Consumer(rekey_consumer_config(s))
-        producer = Producer(producer_config(s))
-        internal, partitions = s.user_events_topic, s.partitions
+        # librdkafka's "murmur2" partitioner is Java's default, the same function as
+        # records.partition_for_user (which replay requests use), computed in C
+        producer = Producer({**producer_config(s), "partitioner": "murmur2"})
+        internal = s.user_events_topic
 
         def delivered(err: KafkaError | None, _msg: Message) -> None:
             if err is not None and self._failure is None:
@@ -232,7 +233,7 @@ class Rekeyer:
                             if msg.error().code() != KafkaError._PARTITION_EOF:
                                 log.warning("consumer error: %s", msg.error().str())
                             continue
-                        self._forward(msg, producer, internal, partitions, delivered)
+                        self._forward(msg, producer, internal, delivered)
                     producer.poll(0)
                 if self._failure:
                     raise KafkaException(f"records not delivered: {self._failure}")
@@ -246,9 +247,7 @@ class Rekeyer:
                 producer.flush(30)
             consumer.close()
 
-    def _forward(
-        self, msg: Message, producer: Producer, internal: str, partitions: int, delivered: Any
-    ) -> None:
+    def _forward(self, msg: Message, producer: Producer, internal: str, delivered: Any) -> None:
         topic, value = msg.topic(), msg.value()
         source = [
             (SRC_TOPIC, topic.encode()),
@@ -275,7 +274,7 @@ class Rekeyer:
             internal,
             value,
             key,
-            partition_for_user(key, partitions),
+            None,  # the producer's murmur2 partitioner: the user's partition
             [(KIND, kind), *source],
             delivered,
             timestamp,

@@ -15,6 +15,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from streams.records import partition_for_user
 from tests.support import ROOT, Reader, Sender, create_topics
 
 
@@ -28,6 +29,21 @@ def test_confluent_round_trip(kafka: str, names) -> None:
     records = Reader(kafka, topic).wait_count(100, timeout=30)
     assert sorted(r.raw for r in records) == sorted(f"v{i}".encode() for i in range(100))
     assert {r.partition for r in records} == {0, 1, 2}
+
+
+def test_librdkafka_murmur2_places_users_where_partition_for_user_says(kafka: str, names) -> None:
+    # the re-keying stage lets librdkafka place a user's records; replay requests and
+    # the tables use partition_for_user: they must agree, or state is read elsewhere
+    topic = names.posts
+    create_topics(kafka, {topic: 8})
+    sender = Sender(kafka, partitioner="murmur2")
+    users = [f"user-{i}" for i in range(300)] + ["ü-ñ-名前", "x" * 1000, "a"]
+    for user in users:
+        sender.raw(topic, user.encode(), user.encode())
+    sender.flush()
+    records = Reader(kafka, topic).wait_count(len(users), timeout=30)
+    placed = {r.raw.decode(): r.partition for r in records}
+    assert placed == {user: partition_for_user(user.encode(), 8) for user in users}
 
 
 def test_aiokafka_round_trip_and_topic_creation(kafka: str, names) -> None:

@@ -112,14 +112,17 @@ class SmokeApp:
             stderr=subprocess.STDOUT,
         )
 
-    def state_after_dump(self, sender: Sender, topic: str, timeout: float = 60) -> dict:
+    def state_after_dump(self, sender: Sender, topic: str, timeout: float = 90) -> dict:
         """Ask the app to dump its table and wait for the file."""
         self.dump.unlink(missing_ok=True)
         deadline = time.monotonic() + timeout
         sender.raw(topic, b"dump", b"a").flush()
         while not self.dump.exists():
             assert self.proc is not None and self.proc.poll() is None, self.log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "smoke app did not dump its table in time"
+            assert time.monotonic() < deadline, (
+                "smoke app did not dump its table in time; its log:\n"
+                + self.log.read_text()[-3000:]
+            )
             time.sleep(0.1)
         return json.loads(self.dump.read_text())
 

@@ -21,6 +21,9 @@ app = faust.App(
     topic_partitions=1,
     topic_replication_factor=1,
     consumer_auto_offset_reset="earliest",
+    # a restarted app must not wait Faust's default 60 s for a member that did not leave
+    broker_session_timeout=10,
+    broker_heartbeat_interval=1,
 )
 topic = app.topic(os.environ["SMOKE_TOPIC"], partitions=1, **RAW)
 changelog = app.topic(

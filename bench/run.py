@@ -152,6 +152,16 @@ def _sum_ends(consumer: Consumer, topic: str, partitions: Iterable[int]) -> int:
     )
 
 
+def cpu_seconds(procs: list[psutil.Process]) -> float:
+    """CPU seconds (user + system) of these processes so far (gone ones count 0)."""
+    total = 0.0
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            t = proc.cpu_times()
+            total += t.user + t.system
+    return total
+
+
 class Sampler(threading.Thread):
     """Samples a process tree's CPU seconds and RSS."""
 
@@ -163,12 +173,7 @@ class Sampler(threading.Thread):
 
     def cpu(self) -> float:
         """CPU seconds (user + system) of the process and its children so far."""
-        total = 0.0
-        for p in [self.proc, *self.proc.children(recursive=True)]:
-            with contextlib.suppress(psutil.Error):
-                t = p.cpu_times()
-                total += t.user + t.system
-        return total
+        return cpu_seconds([self.proc, *self.proc.children(recursive=True)])
 
     def rss(self) -> int:
         """Current resident set size in bytes."""
@@ -310,15 +315,6 @@ def _quantile(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(p * len(values)))] if values else 0.0
 
 
-def _cpu_seconds(procs: list[psutil.Process]) -> float:
-    total = 0.0
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            t = proc.cpu_times()
-            total += t.user + t.system
-    return total
-
-
 def latency_run(
     bootstrap: str,
     workdir: Path,
@@ -383,13 +379,13 @@ def latency_run(
                 into = hop if m.topic() == s.user_events_topic else e2e
                 into.append((created, now_ms - created))
             if cpu_at_start is None and time.monotonic() >= window_start:
-                cpu_at_start = {k: _cpu_seconds(f()) for k, f in parts.items()}
+                cpu_at_start = {k: cpu_seconds(f()) for k, f in parts.items()}
                 window_started = time.monotonic()
             if feeder.poll() is not None:
                 if cpu_at_start is not None and not cpu:
                     elapsed = max(time.monotonic() - window_started, 1e-3)
                     cpu = {
-                        k: round((_cpu_seconds(f()) - cpu_at_start[k]) / elapsed, 3)
+                        k: round((cpu_seconds(f()) - cpu_at_start[k]) / elapsed, 3)
                         for k, f in parts.items()
                         if k != "load_generator"  # it has exited: its CPU is gone
                     }

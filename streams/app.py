@@ -384,14 +384,16 @@ def build(
         rekeyer.stop(30)
         outputs.flush()
 
+    def worker_ready() -> bool:
+        return frozen and processor.ready()
+
     @app.page("/ready")
     async def ready(web: Any, request: Any) -> Any:
-        ok = frozen and processor.ready()
+        ok = worker_ready()
         return web.json({"ready": ok}, status=200 if ok else 503)
 
     @app.page("/metrics")
     async def prometheus(web: Any, request: Any) -> Any:
-        ready = frozen and processor.ready()
-        return web.text(metrics.render(ready), content_type="text/plain; version=0.0.4")
+        return web.text(metrics.render(worker_ready()), content_type="text/plain; version=0.0.4")
 
     return Enforcer(app, processor, metrics)

@@ -273,8 +273,7 @@ class Rekeyer:
             producer,
             internal,
             value,
-            key,
-            None,  # the producer's murmur2 partitioner: the user's partition
+            key,  # the producer's murmur2 partitioner: the user's partition
             [(KIND, kind), *source],
             delivered,
             timestamp,
@@ -292,7 +291,6 @@ class Rekeyer:
             self.settings.dlq_topic,
             msg.value(),
             msg.key(),
-            None,
             headers,
             delivered,
             None,
@@ -304,14 +302,11 @@ class Rekeyer:
         topic: str,
         value: bytes | None,
         key: bytes | None,
-        partition: int | None,
         headers: list,
         delivered: Any,
         timestamp: int | None,
     ) -> None:
         kwargs: dict[str, Any] = {"headers": headers, "on_delivery": delivered}
-        if partition is not None:
-            kwargs["partition"] = partition
         if timestamp and timestamp > 0:
             kwargs["timestamp"] = timestamp
         while True:

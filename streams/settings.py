@@ -60,7 +60,7 @@ class Settings:
     dlq_topic: str = "enforcer-dlq"
     log_level: str = "info"
     # batching: more records per request means far fewer requests for the broker to
-    # serve (at 2,000 posts/s on 2 cores, 0.85 -> 0.62 broker cores and p99 280 -> 61 ms)
+    # serve (measured trade-offs in docs/operations.md, "Tuning")
     linger_ms: int = 5
     fetch_min_bytes: int = 65536
 

@@ -9,7 +9,9 @@ Two wire forms, told apart by the first byte:
 
 Every schema version under ``schemas/`` (and ``schemas/history/``) is parsed once at
 start; writers are resolved by fingerprint from a dictionary and read into the
-current reader schema of the same name. No Kafka here.
+current reader schema of the same name. Records written with the current schema are
+read and written by functions compiled for it (``avro_compiled``); other versions go
+through fastavro's schema resolution. No Kafka here.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from typing import Any
 
 import fastavro
 from fastavro.schema import to_parsing_canonical_form
+
+from .avro_compiled import Reader, Writer, compile_reader, compile_writer
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
@@ -126,12 +130,23 @@ class Codec:
     def __init__(self, registry: Any | None = None, directory: Path = SCHEMA_DIR) -> None:
         self.current, self.versions = load_schemas(directory)
         self._by_fingerprint: dict[bytes, SchemaVersion] = {v.fingerprint: v for v in self.versions}
+        self._by_header = {SINGLE_OBJECT_MAGIC + v.fingerprint: v for v in self.versions}
         self._registry = registry
         self._ids_by_subject: dict[tuple[str, str], int] = {}
         self._versions_by_id: dict[int, SchemaVersion] = {}
         self._prefix = {
             name: SINGLE_OBJECT_MAGIC + v.fingerprint for name, v in self.current.items()
         }
+        # compiled for the current versions: a writer per name, a reader per fingerprint
+        # (used only when the writer's schema is the reader's)
+        self._writers: dict[str, Writer] = {}
+        self._readers: dict[bytes, Reader] = {}
+        for name, version in self.current.items():
+            writer, reader = compile_writer(version.parsed), compile_reader(version.parsed)
+            if writer is not None:
+                self._writers[name] = writer
+            if reader is not None:
+                self._readers[version.fingerprint] = reader
 
     @property
     def uses_registry(self) -> bool:
@@ -145,11 +160,15 @@ class Codec:
     # -- writing -------------------------------------------------------------------
     def encode(self, name: str, datum: Mapping[str, Any], topic: str | None = None) -> bytes:
         """Serialize ``datum`` with the current schema ``name``."""
-        buf = io.BytesIO()
         if self._registry is not None:
-            buf.write(struct.pack(">bI", CONFLUENT_MAGIC, self._schema_id(name, topic or name)))
+            prefix = struct.pack(">bI", CONFLUENT_MAGIC, self._schema_id(name, topic or name))
         else:
-            buf.write(self._prefix[name])
+            prefix = self._prefix[name]
+        writer = self._writers.get(name)
+        if writer is not None:
+            return prefix + writer(datum)
+        buf = io.BytesIO()
+        buf.write(prefix)
         fastavro.schemaless_writer(buf, self.current[name].parsed, datum)
         return buf.getvalue()
 
@@ -176,6 +195,9 @@ class Codec:
     # -- reading -------------------------------------------------------------------
     def writer_of(self, data: bytes) -> tuple[SchemaVersion, int]:
         """The writer schema of an encoded record and where its datum starts."""
+        version = self._by_header.get(data[:10])
+        if version is not None:  # the common case: a known single-object header
+            return version, 10
         if not data:
             raise DecodeError("empty value")
         first = data[0]
@@ -226,6 +248,21 @@ class Codec:
         reader = self.current.get(version.name)
         if reader is None:
             raise DecodeError(f"no reader schema for record {version.name}")
+        compiled = self._readers.get(version.fingerprint)
+        if compiled is not None and reader.fingerprint == version.fingerprint:
+            try:
+                datum, end = compiled(data, start)
+            except EOFError:
+                raise DecodeError(f"truncated {version.name} datum") from None
+            except Exception as exc:  # corrupt lengths, indexes, UTF-8
+                raise DecodeError(
+                    f"corrupt {version.name} datum: {type(exc).__name__}: {exc}"
+                ) from None
+            if end != len(data):
+                raise DecodeError(
+                    f"{len(data) - end} trailing bytes after the {version.name} datum"
+                )
+            return version.name, datum
         buf = io.BytesIO(data)
         buf.seek(start)
         try:

@@ -42,8 +42,9 @@ def producer_config(settings: Settings) -> dict[str, Any]:
 class OutputProducer:
     """The gate's producer: synchronous ``produce``, ``flush`` before commits."""
 
-    def __init__(self, settings: Settings, producer: Producer | None = None) -> None:
-        self.producer = producer or Producer(producer_config(settings))
+    def __init__(self, settings: Settings) -> None:
+        # one delivery callback for the producer rather than one object per record
+        self.producer = Producer({**producer_config(settings), "on_delivery": self._delivered})
         self.changelog_offsets: dict[tuple[str, int], int] = {}
         self._changelogs: set[str] = set()
         self._pending = 0
@@ -81,13 +82,9 @@ class OutputProducer:
         while True:
             try:
                 if partition is None:
-                    self.producer.produce(
-                        topic, value, key, headers=headers, on_delivery=self._delivered
-                    )
+                    self.producer.produce(topic, value, key, headers=headers)
                 else:
-                    self.producer.produce(
-                        topic, value, key, partition, headers=headers, on_delivery=self._delivered
-                    )
+                    self.producer.produce(topic, value, key, partition, headers=headers)
                 break
             except BufferError:
                 self.producer.poll(0.05)

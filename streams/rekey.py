@@ -161,15 +161,22 @@ class Rekeyer:
         self.stopping = stopping
         self.assigned = assigned
         self.counts = counts
+        # per input topic: record name, kind header, check, counter slot, topic header
         self._kinds = {
-            settings.posts_topic: (POST, KIND_POST, check_post, INPUT_POSTS),
-            settings.objections_topic: (
-                OBJECTION,
-                KIND_OBJECTION,
-                check_objection,
-                INPUT_OBJECTIONS,
-            ),
+            topic: (name, (KIND, kind), check, slot, (SRC_TOPIC, topic.encode()))
+            for topic, name, kind, check, slot in (
+                (settings.posts_topic, POST, KIND_POST, check_post, INPUT_POSTS),
+                (
+                    settings.objections_topic,
+                    OBJECTION,
+                    KIND_OBJECTION,
+                    check_objection,
+                    INPUT_OBJECTIONS,
+                ),
+            )
         }
+        self._partition_headers: dict[int, tuple[str, bytes]] = {}
+        self._counted = [0, 0, 0, 0]  # this batch's counts, added to ``counts`` after it
         self._dlq_slot = {
             settings.posts_topic: DLQ_POSTS,
             settings.objections_topic: DLQ_OBJECTIONS,
@@ -190,14 +197,24 @@ class Rekeyer:
     def _loop(self) -> None:
         s = self.settings
         consumer = Consumer(rekey_consumer_config(s))
-        # librdkafka's "murmur2" partitioner is Java's default, the same function as
-        # records.partition_for_user (which replay requests use), computed in C
-        producer = Producer({**producer_config(s), "partitioner": "murmur2"})
-        internal = s.user_events_topic
 
         def delivered(err: KafkaError | None, _msg: Message) -> None:
             if err is not None and self._failure is None:
                 self._failure = err.str()
+
+        # librdkafka's "murmur2" partitioner is Java's default, the same function as
+        # records.partition_for_user (which replay requests use), computed in C.
+        # Delivery reports only for failures: success needs no Python call per record
+        # (flush still waits for every record).
+        producer = Producer(
+            {
+                **producer_config(s),
+                "partitioner": "murmur2",
+                "on_delivery": delivered,
+                "delivery.report.only.error": True,
+            }
+        )
+        internal = s.user_events_topic
 
         def commit(partitions: list | None = None) -> None:
             # only what the broker has: every record consumed so far was forwarded
@@ -233,8 +250,9 @@ class Rekeyer:
                             if msg.error().code() != KafkaError._PARTITION_EOF:
                                 log.warning("consumer error: %s", msg.error().str())
                             continue
-                        self._forward(msg, producer, internal, delivered)
+                        self._forward(msg, producer, internal)
                     producer.poll(0)
+                    self._publish_counts()
                 if self._failure:
                     raise KafkaException(f"records not delivered: {self._failure}")
                 if time.monotonic() >= next_commit:
@@ -247,54 +265,55 @@ class Rekeyer:
                 producer.flush(30)
             consumer.close()
 
-    def _forward(self, msg: Message, producer: Producer, internal: str, delivered: Any) -> None:
+    def _forward(self, msg: Message, producer: Producer, internal: str) -> None:
         topic, value = msg.topic(), msg.value()
-        source = [
-            (SRC_TOPIC, topic.encode()),
-            (SRC_PARTITION, str(msg.partition()).encode()),
-            (SRC_OFFSET, str(msg.offset()).encode()),
-        ]
-        expected, kind, check, slot = self._kinds[topic]
+        expected, kind_header, check, slot, topic_header = self._kinds[topic]
         try:
             if value is None:
                 raise DecodeError("null value")
             _, datum = self.codec.decode(value, expected)
             check(datum)
         except DecodeError as exc:
-            self._dlq(msg, producer, str(exc), source, delivered)
+            self._dlq(msg, producer, str(exc))
             return
         except Exception as exc:  # never let one record stop the worker
-            self._dlq(msg, producer, f"cannot read record: {type(exc).__name__}", source, delivered)
+            self._dlq(msg, producer, f"cannot read record: {type(exc).__name__}")
             return
-        self.counts[slot] += 1
-        key = datum["user_id"].encode("utf-8")
+        self._counted[slot] += 1
+        partition = msg.partition()
+        headers = [
+            kind_header,
+            topic_header,
+            self._partition_headers.get(partition) or self._partition_header(partition),
+            (SRC_OFFSET, str(msg.offset()).encode()),
+        ]
         _, timestamp = msg.timestamp()
-        self._produce(
-            producer,
-            internal,
-            value,
-            key,  # the producer's murmur2 partitioner: the user's partition
-            [(KIND, kind), *source],
-            delivered,
-            timestamp,
-        )
+        # the key is the user: the producer's murmur2 partitioner picks its partition
+        self._produce(producer, internal, value, datum["user_id"].encode(), headers, timestamp)
 
-    def _dlq(
-        self, msg: Message, producer: Producer, reason: str, source: list, delivered: Any
-    ) -> None:
-        self.counts[self._dlq_slot[msg.topic()]] += 1
+    def _partition_header(self, partition: int) -> tuple[str, bytes]:
+        header = (SRC_PARTITION, str(partition).encode())
+        self._partition_headers[partition] = header
+        return header
+
+    def _publish_counts(self) -> None:
+        """Add this batch's counts to the counters the worker reads."""
+        for slot, n in enumerate(self._counted):
+            if n:
+                self.counts[slot] += n
+                self._counted[slot] = 0
+
+    def _dlq(self, msg: Message, producer: Producer, reason: str) -> None:
+        self._counted[self._dlq_slot[msg.topic()]] += 1
         log.warning("DLQ %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), reason)
-        error = ("error", reason.encode("utf-8", "replace"))
-        headers = [*(msg.headers() or []), error, *source]
-        self._produce(
-            producer,
-            self.settings.dlq_topic,
-            msg.value(),
-            msg.key(),
-            headers,
-            delivered,
-            None,
-        )
+        headers = [
+            *(msg.headers() or []),
+            ("error", reason.encode("utf-8", "replace")),
+            (SRC_TOPIC, msg.topic().encode()),
+            (SRC_PARTITION, str(msg.partition()).encode()),
+            (SRC_OFFSET, str(msg.offset()).encode()),
+        ]
+        self._produce(producer, self.settings.dlq_topic, msg.value(), msg.key(), headers, None)
 
     @staticmethod
     def _produce(
@@ -303,15 +322,14 @@ class Rekeyer:
         value: bytes | None,
         key: bytes | None,
         headers: list,
-        delivered: Any,
         timestamp: int | None,
     ) -> None:
-        kwargs: dict[str, Any] = {"headers": headers, "on_delivery": delivered}
-        if timestamp and timestamp > 0:
-            kwargs["timestamp"] = timestamp
         while True:
             try:
-                producer.produce(topic, value, key, **kwargs)
+                if timestamp and timestamp > 0:
+                    producer.produce(topic, value, key, headers=headers, timestamp=timestamp)
+                else:
+                    producer.produce(topic, value, key, headers=headers)
                 return
             except BufferError:
                 producer.poll(0.05)

@@ -75,6 +75,7 @@ class Processor:
         self.offsets = OffsetTracker()
         self.reposition: Any = None  # callback(partition, expected offset or None)
         self._repositioning: dict[int, float] = {}  # partition -> when it was asked
+        self._timestamp_scale = 1.0  # seconds per unit of the records' timestamps
 
     # -- readiness -----------------------------------------------------------------
     def ready(self) -> bool:
@@ -96,10 +97,17 @@ class Processor:
             return False
 
     # -- the batch -----------------------------------------------------------------
-    def process(self, messages: Iterable[Any]) -> None:
-        """Process a batch of internal records, in offset order per partition."""
-        for message in messages:
-            self.process_one(message)
+    def process(self, messages: Iterable[Any], timestamp_scale: float = 1.0) -> None:
+        """Process a batch of internal records, in offset order per partition.
+
+        ``timestamp_scale``: seconds per unit of their timestamps (Faust messages have
+        seconds, aiokafka records milliseconds)."""
+        self._timestamp_scale = timestamp_scale
+        try:
+            for message in messages:
+                self.process_one(message)
+        finally:
+            self._timestamp_scale = 1.0
         self.outputs.poll()
 
     def process_one(self, message: Any) -> None:
@@ -222,7 +230,8 @@ class Processor:
         live = self.ledger.is_live(partition, user_id, post["post_id"])
         self._emit(on_post(self.policy, post, state, live, now, source), user_id, partition)
         if message.timestamp:
-            self.metrics.observe_latency(max(0.0, now / 1000.0 - message.timestamp))
+            sent = message.timestamp * self._timestamp_scale
+            self.metrics.observe_latency(max(0.0, now / 1000.0 - sent))
 
     def _on_replay(
         self, post: dict[str, Any], source: Source, headers: dict[str, bytes], partition: int

@@ -37,6 +37,7 @@ from .records import (
     KIND_REPLAY,
     REPLAY_DRY_RUN,
     REPLAY_ID,
+    SRC_KEY,
     SRC_OFFSET,
     SRC_PARTITION,
     SRC_TOPIC,
@@ -163,20 +164,25 @@ class Processor:
             self.outputs.flush()
 
     def dlq(self, message: Any, reason: str) -> None:
-        """Send a record to the DLQ with the contract's headers."""
-        headers = dict(message.headers or ())
-        source = [
-            (SRC_TOPIC, headers.get(SRC_TOPIC, message.topic.encode())),
-            (SRC_PARTITION, headers.get(SRC_PARTITION, str(message.partition).encode())),
-            (SRC_OFFSET, headers.get(SRC_OFFSET, str(message.offset).encode())),
-        ]
+        """Send a record to the DLQ with the contract's headers: an input forwarded by the
+        re-keying stage goes with its own key, bytes and headers."""
+        raw = list(message.headers or ())
+        if len(raw) >= 5 and raw[-1][0] == SRC_KEY and raw[-5][0] == KIND:
+            own, source, key = raw[:-5], raw[-4:-1], raw[-1][1]
+        else:  # another internal record (a replay request): where it was read
+            headers, own, key = dict(raw), [], message.key
+            source = [
+                (SRC_TOPIC, headers.get(SRC_TOPIC, message.topic.encode())),
+                (SRC_PARTITION, headers.get(SRC_PARTITION, str(message.partition).encode())),
+                (SRC_OFFSET, headers.get(SRC_OFFSET, str(message.offset).encode())),
+            ]
         self.metrics.dlq[source[0][1].decode("utf-8", "replace")] += 1
         log.warning("DLQ %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason)
         self.outputs.produce(
             self.settings.dlq_topic,
-            message.key,
+            key,
             message.value,
-            headers=[("error", reason.encode("utf-8", "replace")), *source],
+            headers=[*own, ("error", reason.encode("utf-8", "replace")), *source],
         )
 
     def gate(self, message: Any) -> None:

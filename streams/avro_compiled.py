@@ -176,13 +176,22 @@ def _read_value(src: _Source, ind: int, node: Any, target: str) -> None:
         raise AssertionError(kind)
 
 
-def compile_reader(schema: Mapping[str, Any]) -> Reader | None:
+def compile_reader(schema: Mapping[str, Any], last_field: str | None = None) -> Reader | None:
     """A function ``(data, pos) -> (record, end position)`` for a parsed record schema
-    (logical types removed), or None when the schema is not a flat record."""
+    (logical types removed), or None when the schema is not a flat record.
+
+    With ``last_field``, the function reads the fields up to that one only (a record
+    prefix: what routing needs, without paying for the rest); None when there is no
+    such field."""
     if schema.get("type") != "record":
         return None
     fields = schema["fields"]
     named = _named_enums(fields, {})
+    if last_field is not None:
+        names = [f["name"] for f in fields]
+        if last_field not in names:
+            return None
+        fields = fields[: names.index(last_field) + 1]
     if any(_kind(f["type"], named) is None for f in fields):
         return None
     src = _Source(named)

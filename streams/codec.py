@@ -147,6 +147,12 @@ class Codec:
                 self._writers[name] = writer
             if reader is not None:
                 self._readers[version.fingerprint] = reader
+        # record prefixes up to ``user_id``, of every known version: what re-keying reads
+        self._user_readers: dict[bytes, Reader] = {}
+        for version in self.versions:
+            prefix = compile_reader(version.parsed, last_field="user_id")
+            if prefix is not None:
+                self._user_readers[version.fingerprint] = prefix
 
     @property
     def uses_registry(self) -> bool:
@@ -236,6 +242,18 @@ class Codec:
         self._versions_by_id[schema_id] = version
         return version
 
+    def user_id_of(self, data: bytes, expect: str) -> Any:
+        """The ``user_id`` of an encoded ``expect`` record, reading the datum only as far
+        as that field (the rest is checked where the record is decoded). Raises
+        ``DecodeError`` as ``decode`` does for what comes before it."""
+        version, start = self.writer_of(data)
+        if version.name != expect:
+            raise DecodeError(f"expected a {expect} record, got {version.name}")
+        prefix = self._user_readers.get(version.fingerprint)
+        if prefix is None:  # e.g. a version from the schema registry: read it all
+            return self.decode(data, expect)[1].get("user_id")
+        return _read_compiled(prefix, data, start, version.name)[0]["user_id"]
+
     def decode(self, data: bytes, expect: str | None = None) -> tuple[str, dict[str, Any]]:
         """Read a record into the current reader schema; returns (record name, datum).
 
@@ -250,14 +268,7 @@ class Codec:
             raise DecodeError(f"no reader schema for record {version.name}")
         compiled = self._readers.get(version.fingerprint)
         if compiled is not None and reader.fingerprint == version.fingerprint:
-            try:
-                datum, end = compiled(data, start)
-            except EOFError:
-                raise DecodeError(f"truncated {version.name} datum") from None
-            except Exception as exc:  # corrupt lengths, indexes, UTF-8
-                raise DecodeError(
-                    f"corrupt {version.name} datum: {type(exc).__name__}: {exc}"
-                ) from None
+            datum, end = _read_compiled(compiled, data, start, version.name)
             if end != len(data):
                 raise DecodeError(
                     f"{len(data) - end} trailing bytes after the {version.name} datum"
@@ -281,3 +292,13 @@ class Codec:
                 f"{len(data) - buf.tell()} trailing bytes after the {version.name} datum"
             )
         return version.name, datum
+
+
+def _read_compiled(reader: Reader, data: bytes, start: int, name: str) -> tuple[dict, int]:
+    """Run a compiled reader; anything it raises becomes the DLQ reason."""
+    try:
+        return reader(data, start)
+    except EOFError:
+        raise DecodeError(f"truncated {name} datum") from None
+    except Exception as exc:  # corrupt lengths, indexes, UTF-8
+        raise DecodeError(f"corrupt {name} datum: {type(exc).__name__}: {exc}") from None

@@ -21,6 +21,7 @@ MAX_ID_BYTES = 1000
 # Headers of the internal user-events topic (and of DLQ records, for source.*)
 KIND = "enforcer.kind"
 SRC_TOPIC, SRC_PARTITION, SRC_OFFSET = "source.topic", "source.partition", "source.offset"
+SRC_KEY = "source.key"  # the input's key (internal records only; null for a null key)
 KIND_POST, KIND_OBJECTION, KIND_REPLAY = b"post", b"objection", b"replay"
 REPLAY_ID, REPLAY_DRY_RUN = "replay.id", "replay.dry_run"
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
@@ -32,6 +33,11 @@ def _check_id(datum: Mapping[str, Any], field: str, kind: str) -> None:
         raise DecodeError(f"{kind} has an empty {field}")
     if len(value.encode("utf-8")) > MAX_ID_BYTES:
         raise DecodeError(f"{kind} {field} is longer than {MAX_ID_BYTES} bytes")
+
+
+def check_user_id(user_id: Any, kind: str) -> None:
+    """Reject a user id that cannot route a record (what re-keying checks)."""
+    _check_id({"user_id": user_id}, "user_id", kind)
 
 
 def check_post(post: Mapping[str, Any]) -> None:

@@ -1,9 +1,11 @@
 """The re-keying stage: inputs partitioned any way -> the internal topic keyed by user.
 
-It reads ``posts`` and ``objections`` (any partitioner, any partition count), checks
-each record, and forwards its unchanged bytes to the internal topic on the partition
-of the ``user_id`` in its value (murmur2, the worker's partition count), with the
-original coordinates in headers; anything unreadable goes to the DLQ with a reason.
+It reads ``posts`` and ``objections`` (any partitioner, any partition count), reads
+each record's value as far as its ``user_id``, and forwards its unchanged bytes to the
+internal topic on the partition of that user (murmur2, the worker's partition count),
+with the input's own headers, then its coordinates and key in headers of ours. A record
+whose user cannot be read goes to the DLQ with a reason here; one that is damaged
+further on, from the gate, which decodes the whole record anyway.
 
 It runs on confluent-kafka (librdkafka) in a child process of the worker (its own
 interpreter, so it does not compete with the gate for the GIL and can use a second
@@ -38,11 +40,11 @@ from .records import (
     KIND,
     KIND_OBJECTION,
     KIND_POST,
+    SRC_KEY,
     SRC_OFFSET,
     SRC_PARTITION,
     SRC_TOPIC,
-    check_objection,
-    check_post,
+    check_user_id,
 )
 from .settings import Settings
 
@@ -161,18 +163,12 @@ class Rekeyer:
         self.stopping = stopping
         self.assigned = assigned
         self.counts = counts
-        # per input topic: record name, kind header, check, counter slot, topic header
+        # per input topic: record name, kind header, counter slot, topic header
         self._kinds = {
-            topic: (name, (KIND, kind), check, slot, (SRC_TOPIC, topic.encode()))
-            for topic, name, kind, check, slot in (
-                (settings.posts_topic, POST, KIND_POST, check_post, INPUT_POSTS),
-                (
-                    settings.objections_topic,
-                    OBJECTION,
-                    KIND_OBJECTION,
-                    check_objection,
-                    INPUT_OBJECTIONS,
-                ),
+            topic: (name, (KIND, kind), slot, (SRC_TOPIC, topic.encode()))
+            for topic, name, kind, slot in (
+                (settings.posts_topic, POST, KIND_POST, INPUT_POSTS),
+                (settings.objections_topic, OBJECTION, KIND_OBJECTION, INPUT_OBJECTIONS),
             )
         }
         self._partition_headers: dict[int, tuple[str, bytes]] = {}
@@ -267,12 +263,15 @@ class Rekeyer:
 
     def _forward(self, msg: Message, producer: Producer, internal: str) -> None:
         topic, value = msg.topic(), msg.value()
-        expected, kind_header, check, slot, topic_header = self._kinds[topic]
+        expected, kind_header, slot, topic_header = self._kinds[topic]
         try:
             if value is None:
                 raise DecodeError("null value")
-            _, datum = self.codec.decode(value, expected)
-            check(datum)
+            # only as far as the user id: the gate decodes and checks the whole record
+            # (and sends it to the DLQ with the input's key and headers, which it gets
+            # from the internal record's headers)
+            user_id = self.codec.user_id_of(value, expected)
+            check_user_id(user_id, expected)
         except DecodeError as exc:
             self._dlq(msg, producer, str(exc))
             return
@@ -281,15 +280,19 @@ class Rekeyer:
             return
         self._counted[slot] += 1
         partition = msg.partition()
+        own = msg.headers()
         headers = [
             kind_header,
             topic_header,
             self._partition_headers.get(partition) or self._partition_header(partition),
             (SRC_OFFSET, str(msg.offset()).encode()),
+            (SRC_KEY, msg.key()),
         ]
+        if own:  # the input's own headers first, ours last (records.internal_headers)
+            headers = [*own, *headers]
         _, timestamp = msg.timestamp()
         # the key is the user: the producer's murmur2 partitioner picks its partition
-        self._produce(producer, internal, value, datum["user_id"].encode(), headers, timestamp)
+        self._produce(producer, internal, value, user_id.encode(), headers, timestamp)
 
     def _partition_header(self, partition: int) -> tuple[str, bytes]:
         header = (SRC_PARTITION, str(partition).encode())

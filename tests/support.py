@@ -154,13 +154,14 @@ class Sender:
         value: bytes | None,
         key: bytes | None = None,
         partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
     ):
         while True:
             try:
                 if partition is None:
-                    self.producer.produce(topic, value, key)
+                    self.producer.produce(topic, value, key, headers=headers)
                 else:
-                    self.producer.produce(topic, value, key, partition)
+                    self.producer.produce(topic, value, key, partition, headers=headers)
                 break
             except BufferError:
                 self.producer.poll(0.05)

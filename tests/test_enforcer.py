@@ -253,14 +253,16 @@ def test_malformed_inputs_go_to_the_dlq_and_the_worker_keeps_running(env: Deploy
     }
     sender = env.sender()
     for key, (topic, value) in bad.items():
-        sender.raw(topic, value, key)
+        # the input's own headers, one named like a header of the internal topic
+        sender.raw(topic, value, key, headers=[("trace", key), ("source.key", b"spoof")])
     sender.raw(n.posts, good, b"good").flush()
     dlq = env.reader(n.dlq).wait_count(len(bad))
     by_key = {r.key: r for r in dlq}
-    assert set(by_key) == set(bad)
+    assert set(by_key) == set(bad), "the DLQ keeps the input's key"
     for key, (topic, value) in bad.items():
         record = by_key[key]
         assert record.raw == value, "the DLQ keeps the input's bytes unchanged"
+        assert record.headers["trace"] == key, "and the input's own headers"
         assert record.headers["source.topic"].decode() == topic
         assert int(record.headers["source.partition"]) >= 0
         assert int(record.headers["source.offset"]) >= 0

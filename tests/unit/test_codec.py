@@ -126,3 +126,36 @@ def test_schemas_have_docs_on_every_field():
         raw = json.loads(version.text)
         assert raw.get("doc"), version.name
         assert all(f.get("doc") for f in raw["fields"]), version.name
+
+
+@given(posts(), objections())
+def test_user_id_is_read_from_the_record_prefix(post, event):
+    assert CODEC.user_id_of(CODEC.encode("Post", post), "Post") == post["user_id"]
+    assert CODEC.user_id_of(CODEC.encode("ObjectionEvent", event), "ObjectionEvent") == (
+        event["user_id"]
+    )
+    registry = Codec(SchemaRegistryClient.new_client({"url": "mock://codec-user-id"}))
+    framed = registry.encode("Post", post, "posts")
+    assert registry.user_id_of(framed, "Post") == post["user_id"]
+
+
+def test_user_id_of_refuses_what_precedes_the_user_and_leaves_the_rest_to_decode():
+    event = {
+        "event_id": "e",
+        "user_id": "u",
+        "action": "OBJECT",
+        "platform": None,
+        "occurred_at": 1,
+        "channel": "EMAIL",
+    }
+    good = CODEC.encode("ObjectionEvent", event)
+    with pytest.raises(DecodeError, match="unknown schema fingerprint"):
+        CODEC.user_id_of(SINGLE_OBJECT_MAGIC + b"\x01" * 8 + good[10:], "ObjectionEvent")
+    with pytest.raises(DecodeError, match="expected a Post record"):
+        CODEC.user_id_of(good, "Post")
+    with pytest.raises(DecodeError, match="truncated ObjectionEvent datum"):
+        CODEC.user_id_of(good[:13], "ObjectionEvent")
+    # damage after the user id: re-keying routes it, the gate's full decode refuses it
+    assert CODEC.user_id_of(good[:-2], "ObjectionEvent") == "u"
+    with pytest.raises(DecodeError, match="truncated"):
+        CODEC.decode(good[:-2], "ObjectionEvent")

@@ -131,8 +131,9 @@ def test_schemas_have_docs_on_every_field():
 @given(posts(), objections())
 def test_user_id_is_read_from_the_record_prefix(post, event):
     assert CODEC.user_id_of(CODEC.encode("Post", post), "Post") == post["user_id"]
-    assert CODEC.user_id_of(CODEC.encode("ObjectionEvent", event), "ObjectionEvent") == (
-        event["user_id"]
+    assert (
+        CODEC.user_id_of(CODEC.encode("ObjectionEvent", event), "ObjectionEvent")
+        == (event["user_id"])
     )
     registry = Codec(SchemaRegistryClient.new_client({"url": "mock://codec-user-id"}))
     framed = registry.encode("Post", post, "posts")

@@ -25,15 +25,32 @@ _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
 _LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
 
 
-def encode_long(n: int) -> bytes:
-    """Zigzag varint of an Avro ``int`` or ``long``."""
-    z = (n << 1) ^ (n >> 63)
+def _varint(z: int) -> bytes:
+    """Varint of a non-negative (already zigzagged) value."""
     out = bytearray()
     while z > 0x7F:
         out.append((z & 0x7F) | 0x80)
         z >>= 7
     out.append(z)
     return bytes(out)
+
+
+# 14 bits at a time: the last group (as it ends a varint) and a middle group (both
+# bytes with the continuation bit); a timestamp in milliseconds takes three lookups
+_LAST14 = tuple(_varint(z) for z in range(0x4000))
+_MIDDLE14 = tuple(bytes(((z & 0x7F) | 0x80, ((z >> 7) & 0x7F) | 0x80)) for z in range(0x4000))
+
+
+def encode_long(n: int) -> bytes:
+    """Zigzag varint of an Avro ``int`` or ``long``."""
+    z = (n << 1) ^ (n >> 63)
+    if z < 0x4000:
+        return _LAST14[z]
+    if z < 0x10000000:
+        return _MIDDLE14[z & 0x3FFF] + _LAST14[z >> 14]
+    if z < 0x40000000000:
+        return _MIDDLE14[z & 0x3FFF] + _MIDDLE14[(z >> 14) & 0x3FFF] + _LAST14[z >> 28]
+    return _varint(z)
 
 
 # zigzag varints of 0..63: string and array lengths are nearly always one of these

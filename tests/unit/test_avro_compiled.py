@@ -179,3 +179,17 @@ def test_writer_refuses_values_of_the_wrong_type():
     for field, bad in (("small", 2**31), ("big", "2"), ("colour", "BLUE"), ("text", 3)):
         with pytest.raises((TypeError, ValueError, KeyError, AttributeError)):
             writer({**good, field: bad})
+
+
+def _reference_varint(n: int) -> bytes:
+    z, out = (n << 1) ^ (n >> 63), bytearray()
+    while True:
+        if z < 0x80:
+            return bytes(out + bytes([z]))
+        out.append((z & 0x7F) | 0x80)
+        z >>= 7
+
+
+@given(st.integers(-(2**63), 2**63 - 1) | st.sampled_from([0, -1, 8191, 8192, -8193, 2**27, 2**41]))
+def test_encode_long_is_the_zigzag_varint_of_the_specification(n):
+    assert encode_long(n) == _reference_varint(n)

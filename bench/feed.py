@@ -16,27 +16,17 @@ import time
 
 from confluent_kafka import Producer
 
+from streams.avro_compiled import encode_long
 from streams.codec import Codec
 from streams.generator import TrafficGenerator
 
 TEMPLATES = 5000
 
 
-def avro_long(n: int) -> bytes:
-    """Avro's zig-zag varint encoding of a long."""
-    n = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def avro_string(s: str) -> bytes:
     """Avro's encoding of a string."""
     data = s.encode("utf-8")
-    return avro_long(len(data)) + data
+    return encode_long(len(data)) + data
 
 
 def templates(codec: Codec, rate: int) -> list[tuple[bytes, bytes, bytes]]:
@@ -51,7 +41,7 @@ def templates(codec: Codec, rate: int) -> list[tuple[bytes, bytes, bytes]]:
         head = full[:10]  # single-object header: marker and schema fingerprint
         body = full[10:]
         start = len(avro_string(post["post_id"]))
-        created = avro_long(post["created_at"])
+        created = encode_long(post["created_at"])
         # the created_at encoding follows the fields before it; find it from the front
         middle_end = body.index(created, start)
         piece = (head, body[start:middle_end], body[middle_end + len(created) :])
@@ -78,7 +68,7 @@ def main(argv: list[str]) -> int:
             head, middle, tail = pool[sent % TEMPLATES]
             post_id = f"lat-{rate}-{sent}"
             value = b"".join(
-                (head, avro_string(post_id), middle, avro_long(int(now() * 1000)), tail)
+                (head, avro_string(post_id), middle, encode_long(int(now() * 1000)), tail)
             )
             produce(topic, value, post_id.encode())
             sent += 1

@@ -141,10 +141,15 @@ def _read_long(src: _Source, ind: int, target: str) -> None:
     src.line(ind, f"{target} = (x >> 1) ^ -(x & 1)")
 
 
+def _resolved(src: _Source, node: Any) -> tuple[str | None, Any]:
+    """A field type's kind, and its definition when it names an enum."""
+    kind = _kind(node, src.named)
+    return kind, (src.named.get(node, node) if isinstance(node, str) else node)
+
+
 def _read_value(src: _Source, ind: int, node: Any, target: str) -> None:
     """Source reading one value of a compilable, non-union type into ``target``."""
-    kind = _kind(node, src.named)
-    node = src.named.get(node, node) if isinstance(node, str) else node
+    kind, node = _resolved(src, node)
     if kind == "null":
         src.line(ind, f"{target} = None")
     elif kind == "boolean":
@@ -247,8 +252,7 @@ def _bad_length(n: int) -> Exception:
 
 def _write_value(src: _Source, ind: int, node: Any, value: str) -> None:
     """Source appending the encoding of ``value`` (of a non-union type) to ``parts``."""
-    kind = _kind(node, src.named)
-    node = src.named.get(node, node) if isinstance(node, str) else node
+    kind, node = _resolved(src, node)
     if kind == "null":
         src.line(ind, f"if {value} is not None: raise ValueError('null expected')")
     elif kind == "boolean":

@@ -242,17 +242,22 @@ class Codec:
         self._versions_by_id[schema_id] = version
         return version
 
+    def _writer_expecting(self, data: bytes, expect: str | None) -> tuple[SchemaVersion, int]:
+        """``writer_of``, refusing a record of another name than ``expect`` (if given)."""
+        version, start = self.writer_of(data)
+        if expect is not None and version.name != expect:
+            raise DecodeError(f"expected a {expect} record, got {version.name}")
+        return version, start
+
     def user_id_of(self, data: bytes, expect: str) -> Any:
         """The ``user_id`` of an encoded ``expect`` record, reading the datum only as far
         as that field (the rest is checked where the record is decoded). Raises
         ``DecodeError`` as ``decode`` does for what comes before it."""
-        version, start = self.writer_of(data)
-        if version.name != expect:
-            raise DecodeError(f"expected a {expect} record, got {version.name}")
+        version, start = self._writer_expecting(data, expect)
         prefix = self._user_readers.get(version.fingerprint)
         if prefix is None:  # e.g. a version from the schema registry: read it all
             return self.decode(data, expect)[1].get("user_id")
-        return _read_compiled(prefix, data, start, version.name)[0]["user_id"]
+        return _read_datum(prefix, data, start, version.name)[0]["user_id"]
 
     def decode(self, data: bytes, expect: str | None = None) -> tuple[str, dict[str, Any]]:
         """Read a record into the current reader schema; returns (record name, datum).
@@ -260,45 +265,38 @@ class Codec:
         ``expect`` limits which record name is acceptable. Raises ``DecodeError``
         with a human-readable reason for anything that is not a valid record.
         """
-        version, start = self.writer_of(data)
-        if expect is not None and version.name != expect:
-            raise DecodeError(f"expected a {expect} record, got {version.name}")
+        version, start = self._writer_expecting(data, expect)
         reader = self.current.get(version.name)
         if reader is None:
             raise DecodeError(f"no reader schema for record {version.name}")
-        compiled = self._readers.get(version.fingerprint)
-        if compiled is not None and reader.fingerprint == version.fingerprint:
-            datum, end = _read_compiled(compiled, data, start, version.name)
-            if end != len(data):
-                raise DecodeError(
-                    f"{len(data) - end} trailing bytes after the {version.name} datum"
-                )
-            return version.name, datum
-        buf = io.BytesIO(data)
-        buf.seek(start)
-        try:
-            if reader.fingerprint == version.fingerprint:
-                datum = fastavro.schemaless_reader(buf, version.parsed, None)
-            else:
-                datum = fastavro.schemaless_reader(buf, version.parsed, reader.parsed)
-        except EOFError:
-            raise DecodeError(f"truncated {version.name} datum") from None
-        except Exception as exc:  # fastavro raises many types for corrupt data
-            raise DecodeError(
-                f"corrupt {version.name} datum: {type(exc).__name__}: {exc}"
-            ) from None
-        if buf.tell() != len(data):
-            raise DecodeError(
-                f"{len(data) - buf.tell()} trailing bytes after the {version.name} datum"
-            )
+        compiled = None
+        if reader.fingerprint == version.fingerprint:
+            compiled = self._readers.get(version.fingerprint)
+        read = compiled or _fastavro_reader(version, reader)
+        datum, end = _read_datum(read, data, start, version.name)
+        if end != len(data):
+            raise DecodeError(f"{len(data) - end} trailing bytes after the {version.name} datum")
         return version.name, datum
 
 
-def _read_compiled(reader: Reader, data: bytes, start: int, name: str) -> tuple[dict, int]:
-    """Run a compiled reader; anything it raises becomes the DLQ reason."""
+def _fastavro_reader(writer: SchemaVersion, reader: SchemaVersion) -> Reader:
+    """A ``(data, pos) -> (datum, end)`` reader through fastavro's schema resolution."""
+    resolve_into = None if reader.fingerprint == writer.fingerprint else reader.parsed
+
+    def read(data: bytes, pos: int) -> tuple[dict[str, Any], int]:
+        buf = io.BytesIO(data)
+        buf.seek(pos)
+        datum = fastavro.schemaless_reader(buf, writer.parsed, resolve_into)
+        return datum, buf.tell()
+
+    return read
+
+
+def _read_datum(reader: Reader, data: bytes, start: int, name: str) -> tuple[dict, int]:
+    """Run a reader (compiled or fastavro); anything it raises becomes the DLQ reason."""
     try:
         return reader(data, start)
     except EOFError:
         raise DecodeError(f"truncated {name} datum") from None
-    except Exception as exc:  # corrupt lengths, indexes, UTF-8
+    except Exception as exc:  # corrupt lengths, indexes, UTF-8; fastavro raises many types
         raise DecodeError(f"corrupt {name} datum: {type(exc).__name__}: {exc}") from None

@@ -11,6 +11,14 @@ from streams.codec import SINGLE_OBJECT_MAGIC, Codec, DecodeError, crc64_avro
 from tests.unit.strategies import objections, posts
 
 CODEC = Codec()
+EVENT = {
+    "event_id": "e",
+    "user_id": "u",
+    "action": "OBJECT",
+    "platform": None,
+    "occurred_at": 1,
+    "channel": "EMAIL",
+}
 
 
 def test_crc64_avro_matches_the_specification_example():
@@ -109,16 +117,8 @@ def test_reasons(data, reason):
 
 
 def test_wrong_record_kind_is_refused():
-    event = {
-        "event_id": "e",
-        "user_id": "u",
-        "action": "OBJECT",
-        "platform": None,
-        "occurred_at": 1,
-        "channel": "EMAIL",
-    }
     with pytest.raises(DecodeError, match="expected a Post record, got ObjectionEvent"):
-        CODEC.decode(CODEC.encode("ObjectionEvent", event), "Post")
+        CODEC.decode(CODEC.encode("ObjectionEvent", EVENT), "Post")
 
 
 def test_schemas_have_docs_on_every_field():
@@ -141,15 +141,7 @@ def test_user_id_is_read_from_the_record_prefix(post, event):
 
 
 def test_user_id_of_refuses_what_precedes_the_user_and_leaves_the_rest_to_decode():
-    event = {
-        "event_id": "e",
-        "user_id": "u",
-        "action": "OBJECT",
-        "platform": None,
-        "occurred_at": 1,
-        "channel": "EMAIL",
-    }
-    good = CODEC.encode("ObjectionEvent", event)
+    good = CODEC.encode("ObjectionEvent", EVENT)
     with pytest.raises(DecodeError, match="unknown schema fingerprint"):
         CODEC.user_id_of(SINGLE_OBJECT_MAGIC + b"\x01" * 8 + good[10:], "ObjectionEvent")
     with pytest.raises(DecodeError, match="expected a Post record"):

@@ -159,6 +159,7 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     producer_thread: threading.Thread | None = None
+    producer = None  # the traffic producer, once the worker is ready
     view: View | None = None
     metrics: dict[str, float] = {}
     try:
@@ -248,6 +249,8 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
         stop.set()
         if producer_thread is not None:
             producer_thread.join(15)
+        if producer is not None:  # before the broker stops: no reconnect noise at exit
+            producer.close()
         if worker is not None and worker.poll() is None:
             worker.send_signal(signal.SIGTERM)
             try:

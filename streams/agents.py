@@ -31,7 +31,6 @@ from .offsets import Admit, OffsetTracker
 from .outputs import OutputProducer
 from .policy import Policy
 from .records import (
-    FORWARDED,
     KIND,
     KIND_OBJECTION,
     KIND_POST,
@@ -116,16 +115,23 @@ class Processor:
         """Process records of one partition in offset order (a fetched batch): when they
         are consecutive from the next expected offset they are admitted at once, else
         one by one."""
-        first, count = records[0], len(records)
-        consecutive = records[-1].offset - first.offset == count - 1
-        if not (consecutive and self.offsets.admit_run(first.partition, first.offset, count)):
+        first, last = records[0], records[-1]
+        partition = first.partition
+        if last.offset - first.offset != len(records) - 1 or not self.offsets.admit_run(
+            partition, first.offset, len(records)
+        ):
             self.process(records, timestamp_scale)
             return
-        self._repositioning.pop(first.partition, None)
+        if self._repositioning:
+            self._repositioning.pop(partition, None)
         self._timestamp_scale = timestamp_scale
+        record = first
         try:
             for record in records:
-                self._gate_admitted(record)
+                self.gate(record)
+        except BaseException:
+            self.offsets.rewind(partition, record.offset)
+            raise
         finally:
             self._timestamp_scale = 1.0
         self.outputs.poll()
@@ -137,7 +143,11 @@ class Processor:
         if admit is Admit.PROCESS or admit is Admit.DUPLICATE:
             if self._repositioning:
                 self._repositioning.pop(partition, None)
-            self._gate_admitted(message)
+            try:
+                self.gate(message)
+            except BaseException:
+                self.offsets.rewind(partition, message.offset)
+                raise
         elif time.monotonic() - self._repositioning.get(partition, 0.0) > REPOSITION_RETRY:
             # a gap (Faust skipped records) or an unknown start: read from the right
             # offset again; records until then are not processed and not committed
@@ -149,15 +159,6 @@ class Processor:
                 self.offsets.expected.get(partition),
             )
             self._ask_reposition(partition)
-
-    def _gate_admitted(self, message: Any) -> None:
-        """``gate`` an admitted record; if it raises, the record is the next expected
-        again, so that no commit goes past it."""
-        try:
-            self.gate(message)
-        except BaseException:
-            self.offsets.rewind(message.partition, message.offset)
-            raise
 
     def _ask_reposition(self, partition: int) -> None:
         self._repositioning[partition] = time.monotonic()
@@ -196,8 +197,7 @@ class Processor:
         re-keying stage goes with its own key, bytes and headers."""
         raw = list(message.headers or ())
         if is_forwarded(raw):
-            own = raw[: -len(FORWARDED)]
-            _, *source, (_, key) = raw[-len(FORWARDED) :]
+            own, source, key = raw[:-5], raw[-4:-1], raw[-1][1]
         else:  # another internal record (a replay request): where it was read
             headers, own, key = dict(raw), [], message.key
             source = [
@@ -217,9 +217,9 @@ class Processor:
     def gate(self, message: Any) -> None:
         """Decide a post, apply an objection event or answer a replay request."""
         raw = message.headers
-        if is_forwarded(raw):  # an input: the re-keying stage's headers come last
+        if is_forwarded(raw):  # an input: the re-keying stage's headers are the last five
             headers = None
-            (_, kind), (_, topic), (_, partition), (_, offset), _ = raw[-len(FORWARDED) :]
+            kind, topic, partition, offset = raw[-5][1], raw[-4][1], raw[-3][1], raw[-2][1]
         else:  # a replay request
             headers = dict(raw or ())
             kind = headers.get(KIND)

@@ -32,12 +32,11 @@ _COUNTRY = re.compile(r"^[A-Z]{2}$")
 def is_forwarded(headers: Any) -> bool:
     """True when an internal record's headers end with the re-keying stage's
     (``FORWARDED``): the record is an input forwarded by it."""
-    n = len(FORWARDED)
     return (
         bool(headers)
-        and len(headers) >= n
-        and headers[-1][0] == FORWARDED[-1]
-        and headers[-n][0] == FORWARDED[0]
+        and len(headers) >= 5
+        and headers[-1][0] == SRC_KEY
+        and (headers[-5][0] == KIND)
     )
 
 

@@ -103,9 +103,7 @@ class Gate:
         consent = decode_state(stored.encode() if stored else None)
         live: dict[str, str] = state.get(LIVE) or {}
         if value["k"] == KIND_POST:
-            is_live = live.__contains__
-            post_id = record["post_id"]
-            fx = on_post(self.policy, record, consent, lambda: is_live(post_id), now, source)
+            fx = on_post(self.policy, record, consent, record["post_id"] in live, now, source)
         else:
             new_state, fx = on_objection(self.policy, consent, record, live, now, source)
             # always written, as the enforcer does, even when unchanged

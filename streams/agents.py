@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from .codec import DECISION, OBJECTION, POST, RETRACTION, TRAINING_RECORD, Codec, DecodeError
@@ -37,12 +37,12 @@ from .records import (
     KIND_REPLAY,
     REPLAY_DRY_RUN,
     REPLAY_ID,
+    SRC_KEY,
     SRC_OFFSET,
     SRC_PARTITION,
     SRC_TOPIC,
     check_objection,
     check_post,
-    is_forwarded,
 )
 from .settings import Settings
 
@@ -99,7 +99,7 @@ class Processor:
 
     # -- the batch -----------------------------------------------------------------
     def process(self, messages: Iterable[Any], timestamp_scale: float = 1.0) -> None:
-        """Process internal records, in offset order per partition.
+        """Process a batch of internal records, in offset order per partition.
 
         ``timestamp_scale``: seconds per unit of their timestamps (Faust messages have
         seconds, aiokafka records milliseconds)."""
@@ -111,31 +111,6 @@ class Processor:
             self._timestamp_scale = 1.0
         self.outputs.poll()
 
-    def process_run(self, records: list[Any], timestamp_scale: float = 1.0) -> None:
-        """Process records of one partition in offset order (a fetched batch): when they
-        are consecutive from the next expected offset they are admitted at once, else
-        one by one."""
-        first, last = records[0], records[-1]
-        partition = first.partition
-        if last.offset - first.offset != len(records) - 1 or not self.offsets.admit_run(
-            partition, first.offset, len(records)
-        ):
-            self.process(records, timestamp_scale)
-            return
-        if self._repositioning:
-            self._repositioning.pop(partition, None)
-        self._timestamp_scale = timestamp_scale
-        record = first
-        try:
-            for record in records:
-                self.gate(record)
-        except BaseException:
-            self.offsets.rewind(partition, record.offset)
-            raise
-        finally:
-            self._timestamp_scale = 1.0
-        self.outputs.poll()
-
     def process_one(self, message: Any) -> None:
         """Process one internal record (records of a partition come in offset order)."""
         partition = message.partition
@@ -143,11 +118,7 @@ class Processor:
         if admit is Admit.PROCESS or admit is Admit.DUPLICATE:
             if self._repositioning:
                 self._repositioning.pop(partition, None)
-            try:
-                self.gate(message)
-            except BaseException:
-                self.offsets.rewind(partition, message.offset)
-                raise
+            self.gate(message)
         elif time.monotonic() - self._repositioning.get(partition, 0.0) > REPOSITION_RETRY:
             # a gap (Faust skipped records) or an unknown start: read from the right
             # offset again; records until then are not processed and not committed
@@ -196,7 +167,7 @@ class Processor:
         """Send a record to the DLQ with the contract's headers: an input forwarded by the
         re-keying stage goes with its own key, bytes and headers."""
         raw = list(message.headers or ())
-        if is_forwarded(raw):
+        if len(raw) >= 5 and raw[-1][0] == SRC_KEY and raw[-5][0] == KIND:
             own, source, key = raw[:-5], raw[-4:-1], raw[-1][1]
         else:  # another internal record (a replay request): where it was read
             headers, own, key = dict(raw), [], message.key
@@ -216,17 +187,13 @@ class Processor:
 
     def gate(self, message: Any) -> None:
         """Decide a post, apply an objection event or answer a replay request."""
-        raw = message.headers
-        if is_forwarded(raw):  # an input: the re-keying stage's headers are the last five
-            headers = None
-            kind, topic, partition, offset = raw[-5][1], raw[-4][1], raw[-3][1], raw[-2][1]
-        else:  # a replay request
-            headers = dict(raw or ())
-            kind = headers.get(KIND)
-            topic, partition, offset = map(headers.get, (SRC_TOPIC, SRC_PARTITION, SRC_OFFSET))
+        headers = dict(message.headers or ())
+        kind = headers.get(KIND)
         try:
-            source = Source(topic.decode(), int(partition), int(offset))
-        except (AttributeError, TypeError, ValueError):
+            source = Source(
+                headers[SRC_TOPIC].decode(), int(headers[SRC_PARTITION]), int(headers[SRC_OFFSET])
+            )
+        except (KeyError, ValueError):
             source = Source(message.topic, message.partition, message.offset)
         try:
             if kind in (KIND_POST, KIND_REPLAY):
@@ -254,7 +221,7 @@ class Processor:
             if kind == KIND_POST:
                 self._on_post(record, source, message)
             else:
-                self._on_replay(record, source, headers or {}, message.partition)
+                self._on_replay(record, source, headers, message.partition)
         except Exception as exc:  # a post that cannot be decided is not published
             log.exception("cannot decide post at %s", source)
             self.dlq(message, f"internal error: {type(exc).__name__}")
@@ -262,16 +229,12 @@ class Processor:
     def _state(self, partition: int, user_id: str):
         return decode_state(self.consent.get(partition, user_id.encode("utf-8")))
 
-    def _liveness(self, partition: int, post: dict[str, Any]) -> Callable[[], bool]:
-        """Whether the post is live, read from the ledger only if the core asks."""
-        return lambda: self.ledger.is_live(partition, post["user_id"], post["post_id"])
-
     def _on_post(self, post: dict[str, Any], source: Source, message: Any) -> None:
         partition, user_id = message.partition, post["user_id"]
         state = self._state(partition, user_id)
         now = _now_ms()
-        fx = on_post(self.policy, post, state, self._liveness(partition, post), now, source)
-        self._emit(fx, user_id, partition)
+        live = self.ledger.is_live(partition, user_id, post["post_id"])
+        self._emit(on_post(self.policy, post, state, live, now, source), user_id, partition)
         if message.timestamp:
             sent = message.timestamp * self._timestamp_scale
             self.metrics.observe_latency(max(0.0, now / 1000.0 - sent))
@@ -285,8 +248,8 @@ class Processor:
         dry_run = headers.get(REPLAY_DRY_RUN) == b"1"
         user_id, post_id = post["user_id"], post["post_id"]
         state = self._state(partition, user_id)
-        is_live = self._liveness(partition, post)
-        fx = on_post(self.policy, post, state, is_live, _now_ms(), source, replay_id)
+        live = self.ledger.is_live(partition, user_id, post_id)
+        fx = on_post(self.policy, post, state, live, _now_ms(), source, replay_id)
         if fx.publish:
             change, reason = "PUBLISHED", "ELIGIBLE"
         elif fx.tombstones:

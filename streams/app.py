@@ -136,7 +136,7 @@ def _dispatch_to_gate(app: faust.App, topic: str, processor: Processor) -> None:
             batches = [records.pop(tp) for tp in mine]
             if may_process():
                 for batch in batches:  # aiokafka records: timestamps in milliseconds
-                    processor.process_run(batch, timestamp_scale=0.001)
+                    processor.process(batch, timestamp_scale=0.001)
         return records
 
     async def on_message(message: Any) -> None:

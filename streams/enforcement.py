@@ -7,7 +7,7 @@ records to write and the ledger changes; the Faust agents only carry them out. N
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,13 +108,12 @@ def on_post(
     policy: Policy,
     post: Mapping[str, Any],
     state: ConsentState,
-    is_live: Callable[[], bool],
+    live: bool,
     now: int,
     source: Source,
     replay_id: str | None = None,
 ) -> Effects:
-    """Decide a post. ``is_live()`` says whether the post is live in training-ingest; it
-    is asked only when the decision depends on it (not for an eligible live post).
+    """Decide a post.
 
     Live traffic (``replay_id`` None) always yields one decision: published if
     eligible; blocked otherwise, or retracted when the post is live (a re-sent post
@@ -124,14 +123,14 @@ def on_post(
     reason = policy.reason(post, state.objected(platform))
     fx = Effects()
     if reason is Reason.ELIGIBLE:
-        if replay_id is not None and is_live():
+        if replay_id is not None and live:
             return fx
         fx.publish.append(training_record(post, policy, now))
         fx.ledger_add[post_id] = platform
         fx.decisions.append(
             _decision(post_id, user_id, Outcome.PUBLISHED, reason, policy, now, source, replay_id)
         )
-    elif is_live():
+    elif live:
         if reason is Reason.OBJECTED:
             cause = _objection_cause(state, platform)
         else:

@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator
 from typing import Any
 
-import rocksdict
 from faust.types import TP
 
 from .outputs import OutputProducer
@@ -32,35 +31,17 @@ def entry_key(user_id: str, post_id: str) -> bytes:
     return user_prefix(user_id) + post_id.encode("utf-8")
 
 
-def _unlogged() -> Any:
-    options = rocksdict.WriteOptions()
-    options.disable_wal = True
-    return options
-
-
 class TableState:
-    """One Faust table's RocksDB partitions, written together with their changelog.
-
-    RocksDB's write-ahead log is off for these partitions (it took half of each write's
-    time): the changelog topic is the log. A crash loses only writes still in the
-    memtable, which RocksDB drops together with the persisted changelog offset written
-    after them (a memtable is flushed whole, in order), so recovery reads the
-    changelog again from an offset that RocksDB does reflect. A clean close flushes."""
-
-    UNLOGGED = _unlogged()
+    """One Faust table's RocksDB partitions, written together with their changelog."""
 
     def __init__(self, table: Any, changelog_topic: str, outputs: OutputProducer) -> None:
         self.table = table
         self.changelog_topic = changelog_topic
         self.outputs = outputs
-        self._configured: dict[int, Any] = {}  # partition -> its database, set unlogged
+        outputs.track_changelog(changelog_topic)
 
     def _db(self, partition: int) -> Any:
-        db = self.table.data._db_for_partition(partition)
-        if self._configured.get(partition) is not db:  # opened (again) by Faust
-            db.set_write_options(self.UNLOGGED)
-            self._configured[partition] = db
-        return db
+        return self.table.data._db_for_partition(partition)
 
     def get(self, partition: int, key: bytes) -> bytes | None:
         """The value of ``key`` in one partition."""
@@ -69,12 +50,12 @@ class TableState:
     def put(self, partition: int, key: bytes, value: bytes) -> None:
         """Write locally and to the changelog."""
         self._db(partition).put(key, value)
-        self.outputs.produce_changelog(self.changelog_topic, key, value, partition)
+        self.outputs.produce(self.changelog_topic, key, value, partition)
 
     def delete(self, partition: int, key: bytes) -> None:
         """Delete locally and write a changelog tombstone."""
         self._db(partition).delete(key)
-        self.outputs.produce_changelog(self.changelog_topic, key, None, partition)
+        self.outputs.produce(self.changelog_topic, key, None, partition)
 
     def scan(self, partition: int, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         """Every (key, value) whose key starts with ``prefix``."""

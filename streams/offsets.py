@@ -54,21 +54,6 @@ class OffsetTracker:
             return Admit.DUPLICATE
         return Admit.GAP
 
-    def admit_run(self, partition: int, first: int, count: int) -> bool:
-        """Admit ``count`` consecutive records starting at ``first`` at once when the
-        first is the next expected one; otherwise admit nothing (ask record by record)."""
-        if self.expected.get(partition) != first:
-            return False
-        self.expected[partition] = first + count
-        return True
-
-    def rewind(self, partition: int, offset: int) -> None:
-        """A record could not be finished: it is the next expected again, so that no
-        commit goes past it."""
-        expected = self.expected.get(partition)
-        if expected is not None and offset < expected:
-            self.expected[partition] = offset
-
     def to_commit(self) -> dict[int, int]:
         """Offsets to commit now (the next expected), for partitions that moved."""
         due = {p: o for p, o in self.expected.items() if self.committed.get(p) != o}

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -41,21 +40,18 @@ def producer_config(settings: Settings) -> dict[str, Any]:
 
 
 class OutputProducer:
-    """The gate's producers: synchronous ``produce``, ``flush`` before commits.
-
-    Two librdkafka producers: one for the outputs (training-ingest, audit, retractions,
-    DLQ, replay results), which reports only failed deliveries, and one for the table
-    changelogs, which reports every delivery, for the offsets that Faust's recovery
-    resumes from. A delivery report costs about a microsecond of the gate's thread, and
-    the outputs are two thirds of the records."""
+    """The gate's producer: synchronous ``produce``, ``flush`` before commits."""
 
     def __init__(self, settings: Settings) -> None:
-        config = {**producer_config(settings), "on_delivery": self._delivered}
-        # one delivery callback per producer rather than one object per record
-        self.producer = Producer({**config, "delivery.report.only.error": True})
-        self.changelog_producer = Producer(config)
+        # one delivery callback for the producer rather than one object per record
+        self.producer = Producer({**producer_config(settings), "on_delivery": self._delivered})
         self.changelog_offsets: dict[tuple[str, int], int] = {}
+        self._changelogs: set[str] = set()
         self._pending = 0
+
+    def track_changelog(self, topic: str) -> None:
+        """Remember the highest delivered offset of this topic's partitions."""
+        self._changelogs.add(topic)
 
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
@@ -67,52 +63,43 @@ class OutputProducer:
             )
             logging.shutdown()
             os._exit(70)
-        key = (msg.topic(), msg.partition())
-        offset = msg.offset()
-        if offset > self.changelog_offsets.get(key, -1):
-            self.changelog_offsets[key] = offset
+        topic = msg.topic()
+        if topic in self._changelogs:
+            key = (topic, msg.partition())
+            offset = msg.offset()
+            if offset > self.changelog_offsets.get(key, -1):
+                self.changelog_offsets[key] = offset
 
     def produce(
         self,
         topic: str,
         key: bytes | None,
         value: bytes | None,
+        partition: int | None = None,
         headers: list | None = None,
     ) -> None:
-        """Queue one output record (blocks briefly only when librdkafka's queue is full)."""
+        """Queue one record (blocks briefly only when librdkafka's queue is full)."""
         while True:
             try:
-                self.producer.produce(topic, value, key, headers=headers)
+                if partition is None:
+                    self.producer.produce(topic, value, key, headers=headers)
+                else:
+                    self.producer.produce(topic, value, key, partition, headers=headers)
                 break
             except BufferError:
                 self.producer.poll(0.05)
         self._pending += 1
         if self._pending >= 1000:
             self._pending = 0
-            self.poll()
-
-    def produce_changelog(
-        self, topic: str, key: bytes, value: bytes | None, partition: int
-    ) -> None:
-        """Queue one table changelog record, whose delivered offset is remembered."""
-        while True:
-            try:
-                self.changelog_producer.produce(topic, value, key, partition)
-                break
-            except BufferError:
-                self.changelog_producer.poll(0.05)
+            self.producer.poll(0)
 
     def poll(self) -> None:
         """Serve delivery reports."""
         self.producer.poll(0)
-        self.changelog_producer.poll(0)
 
     def flush(self, timeout: float = 60.0) -> None:
         """Wait until the broker has every queued record; exit if it cannot."""
-        deadline = time.monotonic() + timeout
         remaining = self.producer.flush(timeout)
-        if not remaining:
-            remaining = self.changelog_producer.flush(max(0.0, deadline - time.monotonic()))
         if remaining:
             log.critical("%d records not delivered within %.0fs; exiting", remaining, timeout)
             logging.shutdown()

@@ -23,21 +23,8 @@ KIND = "enforcer.kind"
 SRC_TOPIC, SRC_PARTITION, SRC_OFFSET = "source.topic", "source.partition", "source.offset"
 SRC_KEY = "source.key"  # the input's key (internal records only; null for a null key)
 KIND_POST, KIND_OBJECTION, KIND_REPLAY = b"post", b"objection", b"replay"
-# A forwarded input carries its own headers first, then these, in this order
-FORWARDED = (KIND, SRC_TOPIC, SRC_PARTITION, SRC_OFFSET, SRC_KEY)
 REPLAY_ID, REPLAY_DRY_RUN = "replay.id", "replay.dry_run"
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
-
-
-def is_forwarded(headers: Any) -> bool:
-    """True when an internal record's headers end with the re-keying stage's
-    (``FORWARDED``): the record is an input forwarded by it."""
-    return (
-        bool(headers)
-        and len(headers) >= 5
-        and headers[-1][0] == SRC_KEY
-        and (headers[-5][0] == KIND)
-    )
 
 
 def _check_id(datum: Mapping[str, Any], field: str, kind: str) -> None:

@@ -49,7 +49,7 @@ class Model:
         state = self.states.get(user, EMPTY)
         if kind == "post":
             live = record["post_id"] in self.ledger.get(user, {})
-            fx = on_post(POLICY, record, state, lambda: live, 1, SRC, replay)
+            fx = on_post(POLICY, record, state, live, 1, SRC, replay)
         else:
             new, fx = on_objection(POLICY, state, record, dict(self.ledger.get(user, {})), 1, SRC)
             self.states[user] = new

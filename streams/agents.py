@@ -24,12 +24,20 @@ from typing import Any
 
 from .codec import DECISION, OBJECTION, POST, RETRACTION, TRAINING_RECORD, Codec, DecodeError
 from .consent import decode_state, encode_state
-from .enforcement import Effects, Source, on_objection, on_post
+from .enforcement import (
+    Effects,
+    Source,
+    decision_fields,
+    on_objection,
+    on_post,
+    post_outcome,
+    training_fields,
+)
 from .ledger import Ledger, TableState
 from .metrics import Metrics
 from .offsets import Admit, OffsetTracker
 from .outputs import OutputProducer
-from .policy import Policy
+from .policy import Outcome, Policy, Reason
 from .records import (
     KIND,
     KIND_OBJECTION,
@@ -37,12 +45,13 @@ from .records import (
     KIND_REPLAY,
     REPLAY_DRY_RUN,
     REPLAY_ID,
-    SRC_KEY,
     SRC_OFFSET,
     SRC_PARTITION,
     SRC_TOPIC,
     check_objection,
     check_post,
+    check_post_fields,
+    is_forwarded,
 )
 from .settings import Settings
 
@@ -77,6 +86,7 @@ class Processor:
         self.reposition: Any = None  # callback(partition, expected offset or None)
         self._repositioning: dict[int, float] = {}  # partition -> when it was asked
         self._timestamp_scale = 1.0  # seconds per unit of the records' timestamps
+        self._splices: Any = None  # _make_splices: None until made, False if not possible
 
     # -- readiness -----------------------------------------------------------------
     def ready(self) -> bool:
@@ -167,7 +177,7 @@ class Processor:
         """Send a record to the DLQ with the contract's headers: an input forwarded by the
         re-keying stage goes with its own key, bytes and headers."""
         raw = list(message.headers or ())
-        if len(raw) >= 5 and raw[-1][0] == SRC_KEY and raw[-5][0] == KIND:
+        if is_forwarded(raw):
             own, source, key = raw[:-5], raw[-4:-1], raw[-1][1]
         else:  # another internal record (a replay request): where it was read
             headers, own, key = dict(raw), [], message.key
@@ -187,14 +197,34 @@ class Processor:
 
     def gate(self, message: Any) -> None:
         """Decide a post, apply an objection event or answer a replay request."""
-        headers = dict(message.headers or ())
-        kind = headers.get(KIND)
+        raw = message.headers
+        if is_forwarded(raw):  # an input: the re-keying stage's headers are the last five
+            headers = None
+            kind, topic, partition, offset = raw[-5][1], raw[-4][1], raw[-3][1], raw[-2][1]
+        else:  # a replay request
+            headers = dict(raw or ())
+            kind = headers.get(KIND)
+            topic, partition, offset = map(headers.get, (SRC_TOPIC, SRC_PARTITION, SRC_OFFSET))
         try:
-            source = Source(
-                headers[SRC_TOPIC].decode(), int(headers[SRC_PARTITION]), int(headers[SRC_OFFSET])
-            )
-        except (KeyError, ValueError):
+            source = Source(topic.decode(), int(partition), int(offset))
+        except (AttributeError, TypeError, ValueError):
             source = Source(message.topic, message.partition, message.offset)
+        if kind == KIND_POST and self._splices is not False:
+            try:
+                scanned = self.codec.scan(message.value, POST)
+            except DecodeError as exc:
+                self.dlq(message, str(exc))
+                return
+            try:
+                if scanned is not None and self._post_as_bytes(scanned, source, message):
+                    return
+            except DecodeError as exc:
+                self.dlq(message, str(exc))
+                return
+            except Exception as exc:  # a post that cannot be decided is not published
+                log.exception("cannot decide post at %s", source)
+                self.dlq(message, f"internal error: {type(exc).__name__}")
+                return
         try:
             if kind in (KIND_POST, KIND_REPLAY):
                 _, record = self.codec.decode(message.value, POST)
@@ -221,10 +251,83 @@ class Processor:
             if kind == KIND_POST:
                 self._on_post(record, source, message)
             else:
-                self._on_replay(record, source, headers, message.partition)
+                self._on_replay(record, source, headers or {}, message.partition)
         except Exception as exc:  # a post that cannot be decided is not published
             log.exception("cannot decide post at %s", source)
             self.dlq(message, f"internal error: {type(exc).__name__}")
+
+    def _post_as_bytes(
+        self, scanned: tuple[tuple, tuple[int, ...]], source: Source, message: Any
+    ) -> bool:
+        """Decide a post of the current schema without building records: its outputs are
+        spliced from its bytes (``Codec.splicer``), the same bytes ``_on_post`` writes.
+        Returns False, having written nothing, when ``_on_post`` must decide it (a live
+        post that is no longer eligible, or no splicer for the current schemas)."""
+        splices = self._splices or self._make_splices()
+        if splices is None:
+            return False
+        (index, training, decision), (values, starts) = splices, scanned
+        post_id, user_id, platform = values[index[0]], values[index[1]], values[index[2]]
+        country = values[index[4]]
+        check_post_fields(post_id, user_id, country)
+        partition, policy = message.partition, self.policy
+        state = self._state(partition, user_id)
+        objected = state.objected(platform)
+        reason = policy.reason_of(values[index[3]], values[index[5]], country, platform, objected)
+        outcome = post_outcome(
+            reason, lambda: self.ledger.is_live(partition, user_id, post_id), replay=False
+        )
+        if outcome is Outcome.RETRACTED:
+            return False
+        now = _now_ms()
+        s, data, produce = self.settings, message.value, self.outputs.produce
+        key = post_id.encode()
+        if outcome is Outcome.PUBLISHED:
+            produce(s.training_topic, key, training(data, starts, **training_fields(policy, now)))
+        assert outcome is not None  # live traffic always gets a decision
+        fields = decision_fields(outcome, reason, policy, now, source, None)
+        produce(s.decisions_topic, key, decision(data, starts, **fields))
+        self.metrics.decisions[(fields["outcome"], fields["reason"])] += 1
+        if outcome is Outcome.PUBLISHED:
+            self.ledger.add(partition, user_id, post_id, platform)
+        if message.timestamp:
+            sent = message.timestamp * self._timestamp_scale
+            self.metrics.observe_latency(max(0.0, now / 1000.0 - sent))
+        return True
+
+    def _make_splices(self) -> Any:
+        """The Post field indexes and the two splicers ``_post_as_bytes`` needs, or None
+        (and ``_splices`` False: posts are decoded) when the schemas do not allow it."""
+        codec, s = self.codec, self.settings
+        names = codec.field_names(POST)
+        wanted = (
+            "post_id",
+            "user_id",
+            "platform",
+            "visibility",
+            "author_country",
+            "author_is_adult",
+        )
+        training = codec.splicer(POST, TRAINING_RECORD, s.training_topic)
+        decision = codec.splicer(POST, DECISION, s.decisions_topic)
+        given = (
+            (training, training_fields(self.policy, 0)),
+            (
+                decision,
+                decision_fields(
+                    Outcome.BLOCKED, Reason.MINOR, self.policy, 0, Source("", 0, 0), None
+                ),
+            ),
+        )
+        usable = all(name in names for name in wanted) and all(
+            splice is not None and _parameters(splice) == tuple(fields) for splice, fields in given
+        )
+        if not usable:
+            log.info("posts are decoded and outputs encoded: the schemas do not allow splicing")
+            self._splices = False
+            return None
+        self._splices = (tuple(names.index(n) for n in wanted), training, decision)
+        return self._splices
 
     def _state(self, partition: int, user_id: str):
         return decode_state(self.consent.get(partition, user_id.encode("utf-8")))
@@ -316,6 +419,12 @@ class Processor:
             self.ledger.add(partition, user_id, post_id, platform)
         for post_id in fx.ledger_remove:
             self.ledger.remove(partition, user_id, post_id)
+
+
+def _parameters(splice: Any) -> tuple[str, ...]:
+    """The field names a splicer (a partial of a generated function) takes."""
+    code = splice.func.__code__
+    return code.co_varnames[len(splice.args) + 2 : code.co_argcount]
 
 
 def _now_ms() -> int:

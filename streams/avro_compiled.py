@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Mapping
+from keyword import iskeyword
 from typing import Any
 
 Reader = Callable[[bytes, int], tuple[dict[str, Any], int]]
@@ -198,13 +199,18 @@ def _read_value(src: _Source, ind: int, node: Any, target: str) -> None:
         raise AssertionError(kind)
 
 
-def compile_reader(schema: Mapping[str, Any], last_field: str | None = None) -> Reader | None:
+def compile_reader(
+    schema: Mapping[str, Any], last_field: str | None = None, scan: bool = False
+) -> Reader | None:
     """A function ``(data, pos) -> (record, end position)`` for a parsed record schema
     (logical types removed), or None when the schema is not a flat record.
 
     With ``last_field``, the function reads the fields up to that one only (a record
     prefix: what routing needs, without paying for the rest); None when there is no
-    such field."""
+    such field. With ``scan``, it returns ``((values, starts), end)`` instead: the
+    field values as a tuple in schema order, and where each field's encoding starts
+    (``starts[i]``; the last entry is the end), so that fields can be copied as bytes
+    (``compile_splice``) without building a record."""
     if schema.get("type") != "record":
         return None
     fields = schema["fields"]
@@ -224,6 +230,8 @@ def compile_reader(schema: Mapping[str, Any], last_field: str | None = None) -> 
     for index, f in enumerate(fields):
         target = f"f{index}"
         names.append((f["name"], target))
+        if scan:
+            src.line(2, f"s{index} = pos")
         node = f["type"]
         if _kind(node, named) == "union":
             non_null = 1 if node[0] == "null" else 0
@@ -235,8 +243,13 @@ def compile_reader(schema: Mapping[str, Any], last_field: str | None = None) -> 
         else:
             _read_value(src, 2, node, target)
     src.line(1, "except IndexError: raise EOFError from None")
-    record = ", ".join(f"{name!r}: {target}" for name, target in names)
-    src.line(1, f"return {{{record}}}, pos")
+    if scan:
+        values = "".join(f"{target}, " for _, target in names)
+        starts = "".join(f"s{index}, " for index in range(len(names)))
+        src.line(1, f"return (({values}), ({starts}pos)), pos")
+    else:
+        record = ", ".join(f"{name!r}: {target}" for name, target in names)
+        src.line(1, f"return {{{record}}}, pos")
     namespace: dict[str, Any] = {"_rest": read_varint_rest, "_length": _bad_length}
     namespace.update(src.constants)
     exec(compile("\n".join(src.lines), f"<avro reader {schema.get('name')}>", "exec"), namespace)
@@ -319,17 +332,100 @@ def compile_writer(schema: Mapping[str, Any]) -> Writer | None:
             src.line(1, f"{value} = record.get({f['name']!r}, {default})")
         else:
             src.line(1, f"{value} = record[{f['name']!r}]")
-        node = f["type"]
-        if _kind(node, named) == "union":
-            non_null = 1 if node[0] == "null" else 0
-            src.line(1, f"if {value} is None: a({encode_long(1 - non_null)!r})")
-            src.line(1, "else:")
-            src.line(2, f"a({encode_long(non_null)!r})")
-            _write_value(src, 2, node[non_null], value)
-        else:
-            _write_value(src, 1, node, value)
+        _write_field(src, f["type"], value)
     src.line(1, "return b''.join(parts)")
+    return _compiled(src, f"<avro writer {schema.get('name')}>", "write")
+
+
+def _write_field(src: _Source, node: Any, value: str) -> None:
+    """Source appending one field's encoding (any compilable type) to ``parts``."""
+    if _kind(node, src.named) == "union":
+        non_null = 1 if node[0] == "null" else 0
+        src.line(1, f"if {value} is None: a({encode_long(1 - non_null)!r})")
+        src.line(1, "else:")
+        src.line(2, f"a({encode_long(non_null)!r})")
+        _write_value(src, 2, node[non_null], value)
+    else:
+        _write_value(src, 1, node, value)
+
+
+def _compiled(src: _Source, filename: str, function: str) -> Any:
     namespace: dict[str, Any] = {"_SMALL": SMALL, "_long": encode_long, "_int": _check_int}
     namespace.update(src.constants)
-    exec(compile("\n".join(src.lines), f"<avro writer {schema.get('name')}>", "exec"), namespace)
-    return namespace["write"]
+    exec(compile("\n".join(src.lines), filename, "exec"), namespace)
+    return namespace[function]
+
+
+# -- splicing ----------------------------------------------------------------------------
+
+
+def _encoding(node: Any, named: Mapping[str, Any]) -> Any:
+    """What determines a compilable type's binary encoding (names and docs do not)."""
+    kind = _kind(node, named)
+    if isinstance(node, str):
+        node = named.get(node, node)
+    if kind == "enum":
+        return ("enum", tuple(node["symbols"]))
+    if kind == "array":
+        return ("array", _encoding(node["items"], named))
+    if kind == "union":
+        return ("union", tuple(_encoding(branch, named) for branch in node))
+    return kind
+
+
+def compile_splice(source: Mapping[str, Any], target: Mapping[str, Any]) -> Any:
+    """A function writing a ``target`` record from a ``source`` record's bytes, or None
+    when ``target`` is not: a run of ``source`` fields (same names, same encodings),
+    then fields given by the caller.
+
+    The function is ``splice(prefix, data, starts, **given) -> bytes``: ``prefix`` (the
+    wire header), then the copied fields as the bytes they have in ``data`` (``starts``
+    as a scanning reader of ``source`` returns them, ``compile_reader(scan=True)``),
+    then the given fields, encoded as ``compile_writer`` would. Both schemas parsed,
+    logical types removed."""
+    if source.get("type") != "record" or target.get("type") != "record":
+        return None
+    src_fields, dst_fields = source["fields"], target["fields"]
+    src_named = _named_enums(src_fields, {})
+    dst_named = _named_enums(dst_fields, {})
+    if any(_kind(f["type"], src_named) is None for f in src_fields):
+        return None
+    if any(_kind(f["type"], dst_named) is None for f in dst_fields):
+        return None
+    index = {f["name"]: i for i, f in enumerate(src_fields)}
+    copied: list[int] = []
+    for f in dst_fields:
+        i = index.get(f["name"])
+        if i is None or _encoding(src_fields[i]["type"], src_named) != _encoding(
+            f["type"], dst_named
+        ):
+            break
+        copied.append(i)
+    given = dst_fields[len(copied) :]
+    names = [f["name"] for f in given]
+    if not copied or not all(map(_free_name, names)):
+        return None
+    spans: list[list[int]] = []  # runs of consecutive source fields: [first, last + 1]
+    for i in copied:
+        if spans and spans[-1][1] == i:
+            spans[-1][1] = i + 1
+        else:
+            spans.append([i, i + 1])
+    src = _Source(dst_named)
+    params = "".join(f", {n}" for n in names)
+    src.line(0, f"def splice(prefix, data, starts{params}):")
+    copies = ", ".join(f"data[starts[{a}]:starts[{b}]]" for a, b in spans)
+    src.line(1, f"parts = [prefix, {copies}]; a = parts.append")
+    for f in given:
+        _write_field(src, f["type"], f["name"])
+    src.line(1, "return b''.join(parts)")
+    return _compiled(src, f"<avro splice {source.get('name')} -> {target.get('name')}>", "splice")
+
+
+def _free_name(name: str) -> bool:
+    """True when a field name can be a parameter of generated code: an identifier that
+    is not a keyword nor one of the names the code uses itself."""
+    if not name.isidentifier() or iskeyword(name) or name.startswith("_"):
+        return False
+    generated = name[:1] in ("v", "f") and name[1:].isdigit()
+    return not generated and name not in {"prefix", "data", "starts", "parts", "a", "x", "s", "n"}

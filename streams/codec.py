@@ -19,15 +19,16 @@ from __future__ import annotations
 import io
 import json
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import fastavro
 from fastavro.schema import to_parsing_canonical_form
 
-from .avro_compiled import Reader, Writer, compile_reader, compile_writer
+from .avro_compiled import Reader, Writer, compile_reader, compile_splice, compile_writer
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
@@ -147,6 +148,13 @@ class Codec:
                 self._writers[name] = writer
             if reader is not None:
                 self._readers[version.fingerprint] = reader
+        # scanning readers of the current versions (values and field positions, for
+        # records copied into others as bytes: ``scan`` and ``splicer``)
+        self._scanners: dict[bytes, Reader] = {}
+        for version in self.current.values():
+            scanner = compile_reader(version.parsed, scan=True)
+            if scanner is not None:
+                self._scanners[version.fingerprint] = scanner
         # record prefixes up to ``user_id``, of every known version: what re-keying reads
         self._user_readers: dict[bytes, Reader] = {}
         for version in self.versions:
@@ -177,6 +185,24 @@ class Codec:
         buf.write(prefix)
         fastavro.schemaless_writer(buf, self.current[name].parsed, datum)
         return buf.getvalue()
+
+    def splicer(self, source: str, target: str, topic: str) -> Callable[..., bytes] | None:
+        """A function ``(data, starts, **fields) -> bytes`` that writes a ``target``
+        record (as ``encode`` does, for ``topic``) from a ``source`` record that ``scan``
+        read (its bytes and field positions) and the target's remaining fields, or None
+        when ``target`` does not begin with fields of ``source`` (``compile_splice``)."""
+        splice = compile_splice(self.current[source].parsed, self.current[target].parsed)
+        if splice is None:
+            return None
+        if self._registry is not None:
+            prefix = struct.pack(">bI", CONFLUENT_MAGIC, self._schema_id(target, topic))
+        else:
+            prefix = self._prefix[target]
+        return partial(splice, prefix)
+
+    def field_names(self, name: str) -> tuple[str, ...]:
+        """The fields of the current schema ``name``, in order (the order of ``scan``)."""
+        return tuple(f["name"] for f in self.current[name].parsed["fields"])
 
     def encode_with(self, version: SchemaVersion, datum: Mapping[str, Any]) -> bytes:
         """Serialize with an explicit (possibly older) schema version, single-object form."""
@@ -258,6 +284,20 @@ class Codec:
         if prefix is None:  # e.g. a version from the schema registry: read it all
             return self.decode(data, expect)[1].get("user_id")
         return _read_datum(prefix, data, start, version.name)[0]["user_id"]
+
+    def scan(self, data: bytes, expect: str) -> tuple[tuple, tuple[int, ...]] | None:
+        """An ``expect`` record's field values (a tuple in the order of ``field_names``)
+        and where each field starts in ``data`` (the last entry is the end), for records
+        written with the current schema; None for other versions (``decode`` them).
+        Raises ``DecodeError`` exactly as ``decode`` does."""
+        version, start = self._writer_expecting(data, expect)
+        scanner = self._scanners.get(version.fingerprint)
+        if scanner is None or self.current[expect].fingerprint != version.fingerprint:
+            return None
+        scanned, end = _read_datum(scanner, data, start, version.name)
+        if end != len(data):
+            raise DecodeError(f"{len(data) - end} trailing bytes after the {version.name} datum")
+        return scanned
 
     def decode(self, data: bytes, expect: str | None = None) -> tuple[str, dict[str, Any]]:
         """Read a record into the current reader schema; returns (record name, datum).

@@ -7,7 +7,7 @@ records to write and the ledger changes; the Faust agents only carry them out. N
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +48,27 @@ class Effects:
         )
 
 
+def decision_fields(
+    outcome: Outcome,
+    reason: Reason,
+    policy: Policy,
+    now: int,
+    source: Source,
+    replay_id: str | None,
+) -> dict[str, Any]:
+    """A Decision's fields after the post's ``post_id`` and ``user_id``."""
+    return {
+        "outcome": outcome.value,
+        "reason": reason.value,
+        "policy_version": policy.version,
+        "decided_at": now,
+        "source_topic": source.topic,
+        "source_partition": source.partition,
+        "source_offset": source.offset,
+        "replay_id": replay_id,
+    }
+
+
 def _decision(
     post_id: str,
     user_id: str,
@@ -61,15 +82,13 @@ def _decision(
     return {
         "post_id": post_id,
         "user_id": user_id,
-        "outcome": outcome.value,
-        "reason": reason.value,
-        "policy_version": policy.version,
-        "decided_at": now,
-        "source_topic": source.topic,
-        "source_partition": source.partition,
-        "source_offset": source.offset,
-        "replay_id": replay_id,
+        **decision_fields(outcome, reason, policy, now, source, replay_id),
     }
+
+
+def training_fields(policy: Policy, now: int) -> dict[str, Any]:
+    """A TrainingRecord's fields after those copied from the post."""
+    return {"policy_version": policy.version, "decided_at": now}
 
 
 def training_record(post: Mapping[str, Any], policy: Policy, now: int) -> dict[str, Any]:
@@ -81,9 +100,26 @@ def training_record(post: Mapping[str, Any], policy: Policy, now: int) -> dict[s
         "created_at": post["created_at"],
         "text": post.get("text"),
         "media_urls": post.get("media_urls") or [],
-        "policy_version": policy.version,
-        "decided_at": now,
+        **training_fields(policy, now),
     }
+
+
+Liveness = bool | Callable[[], bool]
+
+
+def post_outcome(reason: Reason, live: Liveness, replay: bool) -> Outcome | None:
+    """What a decision on a post does, given why (``policy.reason``) and whether the post
+    is live (a callable is asked only when that matters): ``PUBLISHED`` for an eligible
+    post, ``RETRACTED`` for an ineligible live one, ``BLOCKED`` otherwise. A replay
+    changes only what differs from what is live, so it returns None for an eligible
+    live post and an ineligible post that is not live."""
+    if reason is Reason.ELIGIBLE:
+        if replay and (live() if callable(live) else live):
+            return None
+        return Outcome.PUBLISHED
+    if live() if callable(live) else live:
+        return Outcome.RETRACTED
+    return None if replay else Outcome.BLOCKED
 
 
 def _retraction(
@@ -108,12 +144,12 @@ def on_post(
     policy: Policy,
     post: Mapping[str, Any],
     state: ConsentState,
-    live: bool,
+    live: Liveness,
     now: int,
     source: Source,
     replay_id: str | None = None,
 ) -> Effects:
-    """Decide a post.
+    """Decide a post (``post_outcome``).
 
     Live traffic (``replay_id`` None) always yields one decision: published if
     eligible; blocked otherwise, or retracted when the post is live (a re-sent post
@@ -121,16 +157,15 @@ def on_post(
     """
     post_id, user_id, platform = post["post_id"], post["user_id"], post["platform"]
     reason = policy.reason(post, state.objected(platform))
+    outcome = post_outcome(reason, live, replay_id is not None)
     fx = Effects()
-    if reason is Reason.ELIGIBLE:
-        if replay_id is not None and live:
-            return fx
+    if outcome is Outcome.PUBLISHED:
         fx.publish.append(training_record(post, policy, now))
         fx.ledger_add[post_id] = platform
         fx.decisions.append(
-            _decision(post_id, user_id, Outcome.PUBLISHED, reason, policy, now, source, replay_id)
+            _decision(post_id, user_id, outcome, reason, policy, now, source, replay_id)
         )
-    elif live:
+    elif outcome is Outcome.RETRACTED:
         if reason is Reason.OBJECTED:
             cause = _objection_cause(state, platform)
         else:
@@ -141,10 +176,8 @@ def on_post(
         fx.decisions.append(
             _decision(post_id, user_id, Outcome.RETRACTED, reason, policy, now, source, replay_id)
         )
-    elif replay_id is None:
-        fx.decisions.append(
-            _decision(post_id, user_id, Outcome.BLOCKED, reason, policy, now, source, None)
-        )
+    elif outcome is Outcome.BLOCKED:
+        fx.decisions.append(_decision(post_id, user_id, outcome, reason, policy, now, source, None))
     return fx
 
 

@@ -57,13 +57,30 @@ class Policy:
     def reason(self, post: Mapping[str, Any], objected: bool) -> Reason:
         """The first rule ``post`` fails, or ``ELIGIBLE``; ``objected`` is the author's
         consent state on the post's platform."""
-        if post["visibility"] not in self.visibilities:
+        return self.reason_of(
+            post["visibility"],
+            post["author_is_adult"],
+            post["author_country"],
+            post["platform"],
+            objected,
+        )
+
+    def reason_of(
+        self,
+        visibility: str,
+        author_is_adult: bool,
+        author_country: str,
+        platform: str,
+        objected: bool,
+    ) -> Reason:
+        """``reason`` from the post's fields the rules read."""
+        if visibility not in self.visibilities:
             return Reason.NOT_PUBLIC
-        if self.adults_only and not post["author_is_adult"]:
+        if self.adults_only and not author_is_adult:
             return Reason.MINOR
-        if post["author_country"] not in self.countries:
+        if author_country not in self.countries:
             return Reason.COUNTRY_EXCLUDED
-        if post["platform"] not in self.platforms:
+        if platform not in self.platforms:
             return Reason.PLATFORM_EXCLUDED
         if objected:
             return Reason.OBJECTED

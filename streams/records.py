@@ -27,11 +27,33 @@ REPLAY_ID, REPLAY_DRY_RUN = "replay.id", "replay.dry_run"
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 
 
+# A forwarded input carries its own headers first, then these, in this order
+FORWARDED = (KIND, SRC_TOPIC, SRC_PARTITION, SRC_OFFSET, SRC_KEY)
+
+
+def is_forwarded(headers: Any) -> bool:
+    """True when an internal record's headers end with the re-keying stage's
+    (``FORWARDED``): an input forwarded by it, whose ``FORWARDED`` headers can be read
+    by position (``headers[-5:]``)."""
+    return (
+        isinstance(headers, list | tuple)
+        and len(headers) >= 5
+        and headers[-1][0] == SRC_KEY
+        and headers[-5][0] == KIND
+        and headers[-4][0] == SRC_TOPIC
+        and headers[-3][0] == SRC_PARTITION
+        and headers[-2][0] == SRC_OFFSET
+    )
+
+
 def _check_id(datum: Mapping[str, Any], field: str, kind: str) -> None:
-    value = datum.get(field)
+    _check_id_value(datum.get(field), field, kind)
+
+
+def _check_id_value(value: Any, field: str, kind: str) -> None:
     if not isinstance(value, str) or not value.strip():
         raise DecodeError(f"{kind} has an empty {field}")
-    if len(value.encode("utf-8")) > MAX_ID_BYTES:
+    if len(value) > MAX_ID_BYTES // 4 and len(value.encode("utf-8")) > MAX_ID_BYTES:
         raise DecodeError(f"{kind} {field} is longer than {MAX_ID_BYTES} bytes")
 
 
@@ -42,9 +64,14 @@ def check_user_id(user_id: Any, kind: str) -> None:
 
 def check_post(post: Mapping[str, Any]) -> None:
     """Reject a decoded Post that cannot be enforced."""
-    _check_id(post, "user_id", "Post")
-    _check_id(post, "post_id", "Post")
-    if not _COUNTRY.match(post["author_country"]):
+    check_post_fields(post.get("post_id"), post.get("user_id"), post["author_country"])
+
+
+def check_post_fields(post_id: Any, user_id: Any, author_country: str) -> None:
+    """``check_post`` from the fields it reads."""
+    _check_id_value(user_id, "user_id", "Post")
+    _check_id_value(post_id, "post_id", "Post")
+    if not _COUNTRY.match(author_country):
         raise DecodeError("Post author_country is not an ISO 3166-1 alpha-2 code")
 
 

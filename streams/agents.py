@@ -86,6 +86,8 @@ class Processor:
         self.reposition: Any = None  # callback(partition, expected offset or None)
         self._repositioning: dict[int, float] = {}  # partition -> when it was asked
         self._timestamp_scale = 1.0  # seconds per unit of the records' timestamps
+        # where the fields the rules read are in a scanned post (None: posts are decoded)
+        self._post_fields = _indexes(codec.field_names(POST), POST_FIELDS)
         self._splices: Any = None  # _make_splices: None until made, False if not possible
 
     # -- readiness -----------------------------------------------------------------
@@ -209,24 +211,14 @@ class Processor:
             source = Source(topic.decode(), int(partition), int(offset))
         except (AttributeError, TypeError, ValueError):
             source = Source(message.topic, message.partition, message.offset)
-        if kind == KIND_POST and self._splices is not False:
-            try:
-                scanned = self.codec.scan(message.value, POST)
-            except DecodeError as exc:
-                self.dlq(message, str(exc))
-                return
-            try:
-                if scanned is not None and self._post_as_bytes(scanned, source, message):
-                    return
-            except DecodeError as exc:
-                self.dlq(message, str(exc))
-                return
-            except Exception as exc:  # a post that cannot be decided is not published
-                log.exception("cannot decide post at %s", source)
-                self.dlq(message, f"internal error: {type(exc).__name__}")
-                return
+        scanned, record = None, None
         try:
-            if kind in (KIND_POST, KIND_REPLAY):
+            if kind == KIND_POST and self._post_fields and self._splices is not False:
+                scanned = self.codec.scan(message.value, POST)  # None: decode it
+            if scanned is not None:
+                values, index = scanned[0], self._post_fields
+                check_post_fields(values[index[0]], values[index[1]], values[index[4]])
+            elif kind in (KIND_POST, KIND_REPLAY):
                 _, record = self.codec.decode(message.value, POST)
                 check_post(record)
             elif kind == KIND_OBJECTION:
@@ -248,6 +240,10 @@ class Processor:
                 os._exit(70)
             return
         try:
+            if scanned is not None:
+                if self._post_as_bytes(scanned, source, message):
+                    return
+                _, record = self.codec.decode(message.value, POST)  # scan accepted these bytes
             if kind == KIND_POST:
                 self._on_post(record, source, message)
             else:
@@ -259,21 +255,22 @@ class Processor:
     def _post_as_bytes(
         self, scanned: tuple[tuple, tuple[int, ...]], source: Source, message: Any
     ) -> bool:
-        """Decide a post of the current schema without building records: its outputs are
-        spliced from its bytes (``Codec.splicer``), the same bytes ``_on_post`` writes.
-        Returns False, having written nothing, when ``_on_post`` must decide it (a live
-        post that is no longer eligible, or no splicer for the current schemas)."""
+        """Decide a checked post of the current schema without building records: its
+        outputs are spliced from its bytes (``Codec.splicer``), the same bytes ``_on_post``
+        writes. Returns False, having written nothing, when ``_on_post`` must decide it (a
+        live post that is no longer eligible, or no splicers for the current schemas)."""
         splices = self._splices or self._make_splices()
-        if splices is None:
+        if not splices:
             return False
-        (index, training, decision), (values, starts) = splices, scanned
+        training, decision = splices
+        (values, starts), index = scanned, self._post_fields
         post_id, user_id, platform = values[index[0]], values[index[1]], values[index[2]]
-        country = values[index[4]]
-        check_post_fields(post_id, user_id, country)
         partition, policy = message.partition, self.policy
         state = self._state(partition, user_id)
         objected = state.objected(platform)
-        reason = policy.reason_of(values[index[3]], values[index[5]], country, platform, objected)
+        reason = policy.reason_of(
+            values[index[3]], values[index[5]], values[index[4]], platform, objected
+        )
         outcome = post_outcome(
             reason, lambda: self.ledger.is_live(partition, user_id, post_id), replay=False
         )
@@ -296,37 +293,21 @@ class Processor:
         return True
 
     def _make_splices(self) -> Any:
-        """The Post field indexes and the two splicers ``_post_as_bytes`` needs, or None
-        (and ``_splices`` False: posts are decoded) when the schemas do not allow it."""
-        codec, s = self.codec, self.settings
-        names = codec.field_names(POST)
-        wanted = (
-            "post_id",
-            "user_id",
-            "platform",
-            "visibility",
-            "author_country",
-            "author_is_adult",
-        )
-        training = codec.splicer(POST, TRAINING_RECORD, s.training_topic)
-        decision = codec.splicer(POST, DECISION, s.decisions_topic)
+        """The TrainingRecord and Decision splicers ``_post_as_bytes`` needs, or False
+        (posts are decoded from then on) when the schemas do not allow splicing."""
+        s = self.settings
+        training = self.codec.splicer(POST, TRAINING_RECORD, s.training_topic)
+        decision = self.codec.splicer(POST, DECISION, s.decisions_topic)
+        blocked = (Outcome.BLOCKED, Reason.MINOR, self.policy, 0, Source("", 0, 0), None)
         given = (
             (training, training_fields(self.policy, 0)),
-            (
-                decision,
-                decision_fields(
-                    Outcome.BLOCKED, Reason.MINOR, self.policy, 0, Source("", 0, 0), None
-                ),
-            ),
+            (decision, decision_fields(*blocked)),
         )
-        usable = all(name in names for name in wanted) and all(
-            splice is not None and _parameters(splice) == tuple(fields) for splice, fields in given
-        )
-        if not usable:
+        if all(splice is not None and _parameters(splice) == tuple(f) for splice, f in given):
+            self._splices = (training, decision)
+        else:
             log.info("posts are decoded and outputs encoded: the schemas do not allow splicing")
             self._splices = False
-            return None
-        self._splices = (tuple(names.index(n) for n in wanted), training, decision)
         return self._splices
 
     def _state(self, partition: int, user_id: str):
@@ -419,6 +400,17 @@ class Processor:
             self.ledger.add(partition, user_id, post_id, platform)
         for post_id in fx.ledger_remove:
             self.ledger.remove(partition, user_id, post_id)
+
+
+# the Post fields the gate reads from a scanned post, in the order it indexes them
+POST_FIELDS = ("post_id", "user_id", "platform", "visibility", "author_country", "author_is_adult")
+
+
+def _indexes(names: tuple[str, ...], wanted: tuple[str, ...]) -> tuple[int, ...] | None:
+    """Where each of ``wanted`` is in ``names``, or None if one is missing."""
+    if not set(wanted) <= set(names):
+        return None
+    return tuple(names.index(name) for name in wanted)
 
 
 def _parameters(splice: Any) -> tuple[str, ...]:

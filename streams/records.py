@@ -27,14 +27,10 @@ REPLAY_ID, REPLAY_DRY_RUN = "replay.id", "replay.dry_run"
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 
 
-# A forwarded input carries its own headers first, then these, in this order
-FORWARDED = (KIND, SRC_TOPIC, SRC_PARTITION, SRC_OFFSET, SRC_KEY)
-
-
 def is_forwarded(headers: Any) -> bool:
-    """True when an internal record's headers end with the re-keying stage's
-    (``FORWARDED``): an input forwarded by it, whose ``FORWARDED`` headers can be read
-    by position (``headers[-5:]``)."""
+    """True when an internal record's headers end with the re-keying stage's: an input
+    forwarded by it, which carries its own headers first, then ``KIND``, ``SRC_TOPIC``,
+    ``SRC_PARTITION``, ``SRC_OFFSET`` and ``SRC_KEY``, read by position."""
     return (
         isinstance(headers, list | tuple)
         and len(headers) >= 5

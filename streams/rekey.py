@@ -288,7 +288,7 @@ class Rekeyer:
             (SRC_OFFSET, str(msg.offset()).encode()),
             (SRC_KEY, msg.key()),
         ]
-        if own:  # the input's own headers first, ours last (records.internal_headers)
+        if own:  # the input's own headers first, ours last (records.is_forwarded)
             headers = [*own, *headers]
         _, timestamp = msg.timestamp()
         # the key is the user: the producer's murmur2 partitioner picks its partition

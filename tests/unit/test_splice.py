@@ -155,7 +155,7 @@ class MemoryDB(dict):
         return [(k, self[k]) for k in keys[bisect.bisect_left(keys, from_key) :]]
 
 
-class MemoryTable:
+class MemoryFaustTable:
     def __init__(self) -> None:
         self.dbs: dict[int, MemoryDB] = {}
         self.data = SimpleNamespace(_db_for_partition=lambda p: self.dbs.setdefault(p, MemoryDB()))
@@ -181,8 +181,8 @@ class Recorder:
 
 def _gate(splicing: bool, policy) -> tuple[Processor, Recorder]:
     out = Recorder()
-    consent = TableState(MemoryTable(), "consent-changelog", out)
-    ledger = TableState(MemoryTable(), "ledger-changelog", out)
+    consent = TableState(MemoryFaustTable(), "consent-changelog", out)
+    ledger = TableState(MemoryFaustTable(), "ledger-changelog", out)
     processor = Processor(None, Settings(), policy, CODEC, consent, ledger, out, Metrics())
     if not splicing:
         processor._splices = False

@@ -72,6 +72,7 @@ def main() -> None:
                 "seconds": elapsed,
                 "per_second": copied / elapsed if elapsed else 0.0,
                 "cpu_seconds_per_1000": cpu / copied * 1000 if copied else 0.0,
+                "cores": cpu / elapsed if elapsed else 0.0,
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             }
         )

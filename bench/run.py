@@ -247,6 +247,15 @@ def start_enforcer(s: Settings, workdir: Path, name: str) -> tuple[subprocess.Po
     return proc, port
 
 
+def main_thread_cpu(pid: int) -> float:
+    """CPU seconds of a process's main thread (its thread id is the process id)."""
+    with contextlib.suppress(psutil.Error):
+        for thread in psutil.Process(pid).threads():
+            if thread.id == pid:
+                return thread.user_time + thread.system_time
+    return 0.0
+
+
 def measure_throughput(
     proc: subprocess.Popen,
     bootstrap: str,
@@ -254,8 +263,12 @@ def measure_throughput(
     expected: int,
     timeout: float,
     internal_prefixes: tuple[str, ...],
+    broker_pid: int | None = None,
 ) -> dict[str, float]:
-    """Posts decided per second, CPU per 1,000 posts and peak RSS.
+    """Posts decided per second, CPU per 1,000 posts and peak RSS, and where the CPU
+    went over the same window: cores used by the process tree, by the process's main
+    thread (``main_thread_busy``: the share of the wall time it was on a CPU, 1.0 for a
+    thread that is the limit and never waits) and by the broker when it is local.
 
     The clock starts at the first record the system writes anywhere (its internal
     re-keying topic, named by ``internal_prefixes``, or an output) and stops at the last
@@ -263,7 +276,8 @@ def measure_throughput(
     sampler = Sampler(proc.pid)
     sampler.start()
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4()}"})
-    first_at = cpu_first = None
+    broker_procs = [psutil.Process(broker_pid)] if broker_pid else []
+    first_at = cpu_first = main_first = broker_first = None
     deadline = time.monotonic() + timeout
     try:
         while True:
@@ -279,6 +293,8 @@ def measure_throughput(
                 )
                 if started:
                     first_at, cpu_first = now, sampler.cpu()
+                    main_first = main_thread_cpu(proc.pid)
+                    broker_first = cpu_seconds(broker_procs)
             if done >= expected:
                 break
             if now > deadline:
@@ -286,13 +302,20 @@ def measure_throughput(
             time.sleep(0.1)
         elapsed = max(now - first_at, 1e-6)
         cpu = sampler.cpu() - cpu_first
-        return {
+        main = main_thread_cpu(proc.pid) - main_first
+        figures = {
             "records": done,
             "seconds": elapsed,
             "per_second": done / elapsed,
             "cpu_seconds_per_1000": cpu / done * 1000,
             "peak_rss_mb": max(sampler.peak_rss, sampler.rss()) / 2**20,
+            "cores": cpu / elapsed,
+            "main_thread_cpu_seconds_per_1000": main / done * 1000,
+            "main_thread_busy": main / elapsed,
         }
+        if broker_procs:
+            figures["broker_cores"] = (cpu_seconds(broker_procs) - broker_first) / elapsed
+        return figures
     finally:
         sampler.stop_event.set()
         consumer.close()
@@ -545,6 +568,19 @@ def chart(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def capacity(enforcer: dict[str, float], ceiling: dict[str, float]) -> dict[str, float]:
+    """What 25% of the ceiling would take at the CPU per post measured: the cores of the
+    enforcer's processes, and of its main thread (above 1.0, one thread cannot do it)."""
+    quarter = 0.25 * ceiling["per_second"]
+    return {
+        "quarter_of_ceiling_per_second": quarter,
+        "enforcer_cpu_per_post_over_ceiling_cpu_per_record": enforcer["cpu_seconds_per_1000"]
+        / max(ceiling["cpu_seconds_per_1000"], 1e-9),
+        "enforcer_cores_needed": quarter * enforcer["cpu_seconds_per_1000"] / 1000,
+        "main_thread_cores_needed": quarter * enforcer["main_thread_cpu_seconds_per_1000"] / 1000,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run every measurement and write the results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -623,7 +659,13 @@ def main(argv: list[str] | None = None) -> int:
         proc, _ = start_enforcer(enforcer, workdir, "enforcer")
         try:
             result["throughput"]["enforcer"] = measure_throughput(
-                proc, bootstrap, enforcer.decisions_topic, expected, 1800, (f"{enforcer.app_id}-",)
+                proc,
+                bootstrap,
+                enforcer.decisions_topic,
+                expected,
+                1800,
+                (f"{enforcer.app_id}-",),
+                broker_pid,
             )
         finally:
             stop(proc)
@@ -656,6 +698,7 @@ def main(argv: list[str] | None = None) -> int:
                     expected,
                     1800,
                     (f"repartition__{peer.app_id}", f"changelog__{peer.app_id}"),
+                    broker_pid,
                 )
             finally:
                 stop(proc)
@@ -672,6 +715,8 @@ def main(argv: list[str] | None = None) -> int:
     if tp.get("peer") and tp.get("enforcer"):
         ratios["enforcer_over_peer"] = tp["enforcer"]["per_second"] / tp["peer"]["per_second"]
     result["ratios"] = ratios
+    if tp.get("ceiling") and tp.get("enforcer"):
+        result["capacity"] = capacity(tp["enforcer"], tp["ceiling"])
     result["targets"] = {
         "throughput_at_least_peer": ratios.get("enforcer_over_peer", 0) >= 1.0
         if "enforcer_over_peer" in ratios
@@ -700,6 +745,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "throughput_per_second": summary,
                 "ratios": headline,
+                "capacity": {k: round(v, 3) for k, v in result.get("capacity", {}).items()},
                 "latency_p99_ms": {r["rate"]: round(r["p99_ms"], 1) for r in result["latency"]},
                 "memory": result.get("memory"),
                 "targets": result["targets"],

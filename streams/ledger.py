@@ -116,13 +116,13 @@ class Ledger:
         """Record a post as no longer live (held until ``settle``)."""
         self._held[(partition, entry_key(user_id, post_id))] = None
 
-    def settle(self, partitions: Collection[int] | None = None) -> int:
-        """Write the held removals (of ``partitions``, or all); call only once every
-        output produced before them is acknowledged. Returns how many were written."""
-        done = [pk for pk in self._held if partitions is None or pk[0] in partitions]
+    def settle(self) -> int:
+        """Write every held removal; call only once every output produced before them
+        is acknowledged. Returns how many were written."""
+        done = list(self._held)
         for partition, key in done:
             self.state.delete(partition, key)
-            del self._held[(partition, key)]
+        self._held.clear()
         return len(done)
 
     def forget(self, partitions: Collection[int]) -> None:

@@ -34,6 +34,9 @@ def test_benchmark_smoke_run_writes_results(kafka: str, tmp_path: Path) -> None:
         assert data["throughput"][name]["per_second"] > 0, name
         assert data["throughput"][name]["records"] >= data["config"]["posts"]
     assert "enforcer_over_ceiling" in data["ratios"]
+    enforcer = data["throughput"]["enforcer"]
+    assert 0 < enforcer["main_thread_cpu_seconds_per_1000"] <= enforcer["cpu_seconds_per_1000"]
+    assert data["capacity"]["enforcer_cores_needed"] > data["capacity"]["main_thread_cores_needed"]
     assert data["latency"][0]["samples"] > 0
     assert data["memory"]["users"] == data["config"]["memory_users"]
     assert data["versions"]["kafka"] and data["machine"]["cores"]

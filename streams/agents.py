@@ -25,19 +25,21 @@ from typing import Any
 from .codec import DECISION, OBJECTION, POST, RETRACTION, TRAINING_RECORD, Codec, DecodeError
 from .consent import decode_state, encode_state
 from .enforcement import (
+    DECISION_FIELDS,
+    TRAINING_FIELDS,
     Effects,
     Source,
-    decision_fields,
+    decision_values,
     on_objection,
     on_post,
     post_outcome,
-    training_fields,
+    training_values,
 )
 from .ledger import Ledger, TableState
 from .metrics import Metrics
 from .offsets import Admit, OffsetTracker
 from .outputs import OutputProducer
-from .policy import Outcome, Policy, Reason
+from .policy import Outcome, Policy
 from .records import (
     KIND,
     KIND_OBJECTION,
@@ -280,11 +282,11 @@ class Processor:
         s, data, produce = self.settings, message.value, self.outputs.produce
         key = post_id.encode()
         if outcome is Outcome.PUBLISHED:
-            produce(s.training_topic, key, training(data, starts, **training_fields(policy, now)))
+            produce(s.training_topic, key, training(data, starts, *training_values(policy, now)))
         assert outcome is not None  # live traffic always gets a decision
-        fields = decision_fields(outcome, reason, policy, now, source, None)
-        produce(s.decisions_topic, key, decision(data, starts, **fields))
-        self.metrics.decisions[(fields["outcome"], fields["reason"])] += 1
+        fields = decision_values(outcome, reason, policy, now, source, None)
+        produce(s.decisions_topic, key, decision(data, starts, *fields))
+        self.metrics.decisions[fields[:2]] += 1  # (outcome, reason)
         if outcome is Outcome.PUBLISHED:
             self.ledger.add(partition, user_id, post_id, platform)
         if message.timestamp:
@@ -298,12 +300,9 @@ class Processor:
         s = self.settings
         training = self.codec.splicer(POST, TRAINING_RECORD, s.training_topic)
         decision = self.codec.splicer(POST, DECISION, s.decisions_topic)
-        blocked = (Outcome.BLOCKED, Reason.MINOR, self.policy, 0, Source("", 0, 0), None)
-        given = (
-            (training, training_fields(self.policy, 0)),
-            (decision, decision_fields(*blocked)),
-        )
-        if all(splice is not None and _parameters(splice) == tuple(f) for splice, f in given):
+        # they are called with the values of these fields, in this order
+        given = ((training, TRAINING_FIELDS), (decision, DECISION_FIELDS))
+        if all(splice is not None and _parameters(splice) == f for splice, f in given):
             self._splices = (training, decision)
         else:
             log.info("posts are decoded and outputs encoded: the schemas do not allow splicing")

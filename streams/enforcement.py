@@ -15,9 +15,10 @@ from .consent import ALL, ConsentState, apply
 from .policy import Outcome, Policy, Reason
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Source:
-    """Where the record that caused a decision was read (the original input)."""
+    """Where the record that caused a decision was read (the original input). Not
+    frozen: one is made per input record, and a frozen one costs three times as much."""
 
     topic: str
     partition: int
@@ -48,6 +49,40 @@ class Effects:
         )
 
 
+# a Decision's fields after the post's ``post_id`` and ``user_id``, in schema order
+DECISION_FIELDS = (
+    "outcome",
+    "reason",
+    "policy_version",
+    "decided_at",
+    "source_topic",
+    "source_partition",
+    "source_offset",
+    "replay_id",
+)
+
+
+def decision_values(
+    outcome: Outcome,
+    reason: Reason,
+    policy: Policy,
+    now: int,
+    source: Source,
+    replay_id: str | None,
+) -> tuple[Any, ...]:
+    """The values of ``DECISION_FIELDS`` for a decision."""
+    return (
+        outcome.value,
+        reason.value,
+        policy.version,
+        now,
+        source.topic,
+        source.partition,
+        source.offset,
+        replay_id,
+    )
+
+
 def decision_fields(
     outcome: Outcome,
     reason: Reason,
@@ -57,16 +92,8 @@ def decision_fields(
     replay_id: str | None,
 ) -> dict[str, Any]:
     """A Decision's fields after the post's ``post_id`` and ``user_id``."""
-    return {
-        "outcome": outcome.value,
-        "reason": reason.value,
-        "policy_version": policy.version,
-        "decided_at": now,
-        "source_topic": source.topic,
-        "source_partition": source.partition,
-        "source_offset": source.offset,
-        "replay_id": replay_id,
-    }
+    values = decision_values(outcome, reason, policy, now, source, replay_id)
+    return dict(zip(DECISION_FIELDS, values, strict=True))
 
 
 def _decision(
@@ -86,9 +113,18 @@ def _decision(
     }
 
 
+# a TrainingRecord's fields after those copied from the post, in schema order
+TRAINING_FIELDS = ("policy_version", "decided_at")
+
+
+def training_values(policy: Policy, now: int) -> tuple[Any, ...]:
+    """The values of ``TRAINING_FIELDS``."""
+    return policy.version, now
+
+
 def training_fields(policy: Policy, now: int) -> dict[str, Any]:
     """A TrainingRecord's fields after those copied from the post."""
-    return {"policy_version": policy.version, "decided_at": now}
+    return dict(zip(TRAINING_FIELDS, training_values(policy, now), strict=True))
 
 
 def training_record(post: Mapping[str, Any], policy: Policy, now: int) -> dict[str, Any]:

@@ -187,10 +187,11 @@ class Codec:
         return buf.getvalue()
 
     def splicer(self, source: str, target: str, topic: str) -> Callable[..., bytes] | None:
-        """A function ``(data, starts, **fields) -> bytes`` that writes a ``target``
+        """A function ``(data, starts, *fields) -> bytes`` that writes a ``target``
         record (as ``encode`` does, for ``topic``) from a ``source`` record that ``scan``
-        read (its bytes and field positions) and the target's remaining fields, or None
-        when ``target`` does not begin with fields of ``source`` (``compile_splice``)."""
+        read (its bytes and field positions) and the target's remaining fields (in schema
+        order, or by name), or None when ``target`` does not begin with fields of
+        ``source`` (``compile_splice``)."""
         splice = compile_splice(self.current[source].parsed, self.current[target].parsed)
         if splice is None:
             return None

@@ -62,6 +62,11 @@ DECISION_FIELDS = (
 )
 
 
+def _record_fields(names: tuple[str, ...], values: tuple[Any, ...]) -> dict[str, Any]:
+    """Field names and their values as a record's fields."""
+    return dict(zip(names, values, strict=True))
+
+
 def decision_values(
     outcome: Outcome,
     reason: Reason,
@@ -83,19 +88,6 @@ def decision_values(
     )
 
 
-def decision_fields(
-    outcome: Outcome,
-    reason: Reason,
-    policy: Policy,
-    now: int,
-    source: Source,
-    replay_id: str | None,
-) -> dict[str, Any]:
-    """A Decision's fields after the post's ``post_id`` and ``user_id``."""
-    values = decision_values(outcome, reason, policy, now, source, replay_id)
-    return dict(zip(DECISION_FIELDS, values, strict=True))
-
-
 def _decision(
     post_id: str,
     user_id: str,
@@ -106,11 +98,8 @@ def _decision(
     source: Source,
     replay_id: str | None,
 ) -> dict[str, Any]:
-    return {
-        "post_id": post_id,
-        "user_id": user_id,
-        **decision_fields(outcome, reason, policy, now, source, replay_id),
-    }
+    values = decision_values(outcome, reason, policy, now, source, replay_id)
+    return {"post_id": post_id, "user_id": user_id, **_record_fields(DECISION_FIELDS, values)}
 
 
 # a TrainingRecord's fields after those copied from the post, in schema order
@@ -122,11 +111,6 @@ def training_values(policy: Policy, now: int) -> tuple[Any, ...]:
     return policy.version, now
 
 
-def training_fields(policy: Policy, now: int) -> dict[str, Any]:
-    """A TrainingRecord's fields after those copied from the post."""
-    return dict(zip(TRAINING_FIELDS, training_values(policy, now), strict=True))
-
-
 def training_record(post: Mapping[str, Any], policy: Policy, now: int) -> dict[str, Any]:
     """The TrainingRecord published for an eligible post."""
     return {
@@ -136,7 +120,7 @@ def training_record(post: Mapping[str, Any], policy: Policy, now: int) -> dict[s
         "created_at": post["created_at"],
         "text": post.get("text"),
         "media_urls": post.get("media_urls") or [],
-        **training_fields(policy, now),
+        **_record_fields(TRAINING_FIELDS, training_values(policy, now)),
     }
 
 

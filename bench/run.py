@@ -256,6 +256,28 @@ def main_thread_cpu(pid: int) -> float:
     return 0.0
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds so far of every thread of a process tree, by where it runs: the
+    process's main thread is ``main``, its other threads go by their names, and those
+    of a child process by the child's name (e.g. ``enforcer-rekey/main``)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    totals: dict[str, float] = {}
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(pid)
+        for proc in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error, OSError):
+                prefix = "" if proc.pid == pid else f"{proc.name()}/"
+                for task in Path(f"/proc/{proc.pid}/task").iterdir():
+                    with contextlib.suppress(OSError):
+                        stat = (task / "stat").read_text()
+                        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+                        fields = stat[stat.rindex(")") + 2 :].split()
+                        seconds = (int(fields[11]) + int(fields[12])) / ticks
+                        where = prefix + ("main" if task.name == str(proc.pid) else name)
+                        totals[where] = totals.get(where, 0.0) + seconds
+    return totals
+
+
 def measure_throughput(
     proc: subprocess.Popen,
     bootstrap: str,
@@ -278,6 +300,7 @@ def measure_throughput(
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4()}"})
     broker_procs = [psutil.Process(broker_pid)] if broker_pid else []
     first_at = cpu_first = main_first = broker_first = None
+    threads_first: dict[str, float] = {}
     deadline = time.monotonic() + timeout
     try:
         while True:
@@ -294,6 +317,7 @@ def measure_throughput(
                 if started:
                     first_at, cpu_first = now, sampler.cpu()
                     main_first = main_thread_cpu(proc.pid)
+                    threads_first = thread_cpu(proc.pid)
                     broker_first = cpu_seconds(broker_procs)
             if done >= expected:
                 break
@@ -312,6 +336,12 @@ def measure_throughput(
             "cores": cpu / elapsed,
             "main_thread_cpu_seconds_per_1000": main / done * 1000,
             "main_thread_busy": main / elapsed,
+        }
+        threads = thread_cpu(proc.pid)
+        figures["thread_cores"] = {
+            where: round((seconds - threads_first.get(where, 0.0)) / elapsed, 3)
+            for where, seconds in sorted(threads.items(), key=lambda kv: -kv[1])
+            if seconds - threads_first.get(where, 0.0) > 0.01 * elapsed
         }
         if broker_procs:
             figures["broker_cores"] = (cpu_seconds(broker_procs) - broker_first) / elapsed

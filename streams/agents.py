@@ -20,6 +20,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable
+from operator import itemgetter
 from typing import Any
 
 from .codec import DECISION, OBJECTION, POST, RETRACTION, TRAINING_RECORD, Codec, DecodeError
@@ -88,8 +89,9 @@ class Processor:
         self.reposition: Any = None  # callback(partition, expected offset or None)
         self._repositioning: dict[int, float] = {}  # partition -> when it was asked
         self._timestamp_scale = 1.0  # seconds per unit of the records' timestamps
-        # where the fields the rules read are in a scanned post (None: posts are decoded)
-        self._post_fields = _indexes(codec.field_names(POST), POST_FIELDS)
+        # the fields the rules read (POST_FIELDS) from a scanned post's values, as one
+        # tuple; None: posts are decoded
+        self._pick_post_fields = _picker(codec.field_names(POST), POST_FIELDS)
         self._splices: Any = None  # _make_splices: None until made, False if not possible
 
     # -- readiness -----------------------------------------------------------------
@@ -213,13 +215,13 @@ class Processor:
             source = Source(topic.decode(), int(partition), int(offset))
         except (AttributeError, TypeError, ValueError):
             source = Source(message.topic, message.partition, message.offset)
-        scanned, record = None, None
+        scanned, fields, record = None, None, None
         try:
-            if kind == KIND_POST and self._post_fields and self._splices is not False:
+            if kind == KIND_POST and self._pick_post_fields and self._splices is not False:
                 scanned = self.codec.scan(message.value, POST)  # None: decode it
             if scanned is not None:
-                values, index = scanned[0], self._post_fields
-                check_post_fields(values[index[0]], values[index[1]], values[index[4]])
+                fields = self._pick_post_fields(scanned[0])
+                check_post_fields(fields[0], fields[1], fields[4])
             elif kind in (KIND_POST, KIND_REPLAY):
                 _, record = self.codec.decode(message.value, POST)
                 check_post(record)
@@ -242,8 +244,8 @@ class Processor:
                 os._exit(70)
             return
         try:
-            if scanned is not None:
-                if self._post_as_bytes(scanned, source, message):
+            if fields is not None:
+                if self._post_as_bytes(fields, scanned[1], source, message):
                     return
                 _, record = self.codec.decode(message.value, POST)  # scan accepted these bytes
             if kind == KIND_POST:
@@ -255,24 +257,22 @@ class Processor:
             self.dlq(message, f"internal error: {type(exc).__name__}")
 
     def _post_as_bytes(
-        self, scanned: tuple[tuple, tuple[int, ...]], source: Source, message: Any
+        self, fields: tuple, starts: tuple[int, ...], source: Source, message: Any
     ) -> bool:
         """Decide a checked post of the current schema without building records: its
-        outputs are spliced from its bytes (``Codec.splicer``), the same bytes ``_on_post``
-        writes. Returns False, having written nothing, when ``_on_post`` must decide it (a
-        live post that is no longer eligible, or no splicers for the current schemas)."""
+        outputs are spliced from its bytes (``Codec.splicer``; ``fields`` are its
+        ``POST_FIELDS``, ``starts`` where its fields start), the same bytes ``_on_post``
+        writes. Returns False, having written nothing, when ``_on_post`` must decide it
+        (a live post that is no longer eligible, or no splicers for the current
+        schemas)."""
         splices = self._splices or self._make_splices()
         if not splices:
             return False
-        training, decision = splices
-        (values, starts), index = scanned, self._post_fields
-        post_id, user_id, platform = values[index[0]], values[index[1]], values[index[2]]
+        post_id, user_id, platform, visibility, country, adult = fields
         partition, policy = message.partition, self.policy
-        state = self._state(partition, user_id)
-        objected = state.objected(platform)
-        reason = policy.reason_of(
-            values[index[3]], values[index[5]], values[index[4]], platform, objected
-        )
+        stored = self.consent.get(partition, user_id.encode("utf-8"))
+        objected = stored is not None and decode_state(stored).objected(platform)
+        reason = policy.reason_of(visibility, adult, country, platform, objected)
         outcome = post_outcome(
             reason, lambda: self.ledger.is_live(partition, user_id, post_id), replay=False
         )
@@ -282,11 +282,12 @@ class Processor:
         s, data, produce = self.settings, message.value, self.outputs.produce
         key = post_id.encode()
         if outcome is Outcome.PUBLISHED:
+            training = splices[0]
             produce(s.training_topic, key, training(data, starts, *training_values(policy, now)))
         assert outcome is not None  # live traffic always gets a decision
-        fields = decision_values(outcome, reason, policy, now, source, None)
-        produce(s.decisions_topic, key, decision(data, starts, *fields))
-        self.metrics.decisions[fields[:2]] += 1  # (outcome, reason)
+        values = decision_values(outcome, reason, policy, now, source, None)
+        produce(s.decisions_topic, key, splices[1](data, starts, *values))
+        self.metrics.decisions[values[:2]] += 1  # (outcome, reason)
         if outcome is Outcome.PUBLISHED:
             self.ledger.add(partition, user_id, post_id, platform)
         if message.timestamp:
@@ -405,11 +406,12 @@ class Processor:
 POST_FIELDS = ("post_id", "user_id", "platform", "visibility", "author_country", "author_is_adult")
 
 
-def _indexes(names: tuple[str, ...], wanted: tuple[str, ...]) -> tuple[int, ...] | None:
-    """Where each of ``wanted`` is in ``names``, or None if one is missing."""
+def _picker(names: tuple[str, ...], wanted: tuple[str, ...]) -> Any:
+    """A function picking the values of ``wanted`` (a tuple) from values in the order of
+    ``names``, or None if one is missing."""
     if not set(wanted) <= set(names):
         return None
-    return tuple(names.index(name) for name in wanted)
+    return itemgetter(*(names.index(name) for name in wanted))
 
 
 def _parameters(splice: Any) -> tuple[str, ...]:

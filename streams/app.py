@@ -26,7 +26,7 @@ from mode.services import WaitResults
 
 from .agents import Processor
 from .codec import Codec
-from .ledger import TableState
+from .ledger import TableState, without_wal
 from .metrics import Metrics
 from .outputs import OutputProducer
 from .policy import Policy
@@ -209,6 +209,7 @@ def raw_table(app: faust.App, settings: Settings, name: str, help_text: str) -> 
         changelog_topic=changelog,
     )
     table.key_serializer = table.value_serializer = "raw"
+    without_wal(table)
     return table
 
 

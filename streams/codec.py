@@ -155,6 +155,13 @@ class Codec:
             scanner = compile_reader(version.parsed, scan=True)
             if scanner is not None:
                 self._scanners[version.fingerprint] = scanner
+        # the single-object header of each current version that has a scanner: a record
+        # that starts with it is scanned without looking its writer up
+        self._scan_current: dict[str, tuple[bytes, Reader]] = {
+            name: (self._prefix[name], self._scanners[v.fingerprint])
+            for name, v in self.current.items()
+            if v.fingerprint in self._scanners
+        }
         # record prefixes up to ``user_id``, of every known version: what re-keying reads
         self._user_readers: dict[bytes, Reader] = {}
         for version in self.versions:
@@ -291,6 +298,12 @@ class Codec:
         and where each field starts in ``data`` (the last entry is the end), for records
         written with the current schema; None for other versions (``decode`` them).
         Raises ``DecodeError`` exactly as ``decode`` does."""
+        current = self._scan_current.get(expect)
+        if current is not None and data[:10] == current[0]:  # the common case
+            scanned, end = _read_datum(current[1], data, 10, expect)
+            if end != len(data):
+                raise DecodeError(f"{len(data) - end} trailing bytes after the {expect} datum")
+            return scanned
         version, start = self._writer_expecting(data, expect)
         scanner = self._scanners.get(version.fingerprint)
         if scanner is None or self.current[expect].fingerprint != version.fingerprint:

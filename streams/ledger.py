@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator
 from typing import Any
 
+import rocksdict
+from faust.stores.rocksdb import RocksDBOptions
 from faust.types import TP
 
 from .outputs import OutputProducer
@@ -31,6 +33,37 @@ def entry_key(user_id: str, post_id: str) -> bytes:
     return user_prefix(user_id) + post_id.encode("utf-8")
 
 
+class ChangelogBackedOptions(RocksDBOptions):
+    """Faust's RocksDB options with the write-ahead log off, as Kafka Streams runs its
+    stores: the changelog topic is what makes a table durable, not the WAL.
+
+    Each write then costs no ``write()`` to the log (1.4 us of the 2.9-4.4 us a put
+    took). A crash loses what was not yet flushed to SST files, and the offset of
+    the changelog they reflect (``TableState.persist_offsets``) with it, since both
+    are in the same memtable; recovery then reads the changelog from the earlier
+    offset that survived, and comes to the same state. The changelog has every write
+    by then: a write goes to RocksDB before its changelog record is produced, and an
+    offset is persisted only once the producer is flushed."""
+
+    def open(self, path: Any, *, read_only: bool = False) -> Any:
+        """Open the database, its writes without the write-ahead log."""
+        db = super().open(path, read_only=read_only)
+        if self.use_rocksdict and not read_only:
+            options = rocksdict.WriteOptions()
+            options.disable_wal = True
+            db.set_write_options(options)
+        return db
+
+
+def without_wal(table: Any) -> None:
+    """Open the table's RocksDB partitions without the write-ahead log from now on
+    (``ChangelogBackedOptions``): call before it opens any."""
+    store = table.data
+    store.rocksdb_options = ChangelogBackedOptions(
+        **store.options, use_rocksdict=store.use_rocksdict
+    )
+
+
 class TableState:
     """One Faust table's RocksDB partitions, written together with their changelog."""
 
@@ -39,17 +72,27 @@ class TableState:
         self.changelog_topic = changelog_topic
         self.outputs = outputs
         outputs.track_changelog(changelog_topic)
+        # Faust's open partitions (a dict it fills and empties, never replaces): looked
+        # up here first, without two calls into Faust per read
+        self._open: dict[int, Any] = table.data._dbs
 
     def _db(self, partition: int) -> Any:
-        return self.table.data._db_for_partition(partition)
+        db = self._open.get(partition)
+        return db if db is not None else self.table.data._db_for_partition(partition)
 
     def get(self, partition: int, key: bytes) -> bytes | None:
         """The value of ``key`` in one partition."""
-        return self._db(partition).get(key)
+        db = self._open.get(partition)
+        if db is None:
+            db = self.table.data._db_for_partition(partition)
+        return db.get(key)
 
     def put(self, partition: int, key: bytes, value: bytes) -> None:
         """Write locally and to the changelog."""
-        self._db(partition).put(key, value)
+        db = self._open.get(partition)
+        if db is None:
+            db = self.table.data._db_for_partition(partition)
+        db.put(key, value)
         self.outputs.produce(self.changelog_topic, key, value, partition)
 
     def delete(self, partition: int, key: bytes) -> None:
@@ -109,7 +152,8 @@ class Ledger:
     def add(self, partition: int, user_id: str, post_id: str, platform: str) -> None:
         """Record a post as live (rewritten even if present: the changelog converges)."""
         key = entry_key(user_id, post_id)
-        self._held.pop((partition, key), None)
+        if self._held:
+            self._held.pop((partition, key), None)
         self.state.put(partition, key, platform.encode("utf-8"))
 
     def remove(self, partition: int, user_id: str, post_id: str) -> None:

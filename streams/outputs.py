@@ -79,19 +79,41 @@ class OutputProducer:
         headers: list | None = None,
     ) -> None:
         """Queue one record (blocks briefly only when librdkafka's queue is full)."""
-        while True:
-            try:
-                if partition is None:
-                    self.producer.produce(topic, value, key, headers=headers)
-                else:
-                    self.producer.produce(topic, value, key, partition, headers=headers)
-                break
-            except BufferError:
-                self.producer.poll(0.05)
+        try:
+            # positional arguments: a keyword one (headers=) costs confluent-kafka about
+            # a microsecond more per record
+            if headers is not None:
+                self.producer.produce(
+                    topic, value, key, -1 if partition is None else partition, headers=headers
+                )
+            elif partition is None:
+                self.producer.produce(topic, value, key)
+            else:
+                self.producer.produce(topic, value, key, partition)
+        except BufferError:
+            self._produce_when_room(topic, key, value, partition, headers)
         self._pending += 1
         if self._pending >= 1000:
             self._pending = 0
             self.producer.poll(0)
+
+    def _produce_when_room(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        headers: list | None,
+    ) -> None:
+        while True:
+            self.producer.poll(0.05)
+            try:
+                self.producer.produce(
+                    topic, value, key, -1 if partition is None else partition, headers=headers
+                )
+                return
+            except BufferError:
+                continue
 
     def poll(self) -> None:
         """Serve delivery reports."""

@@ -158,7 +158,9 @@ class MemoryDB(dict):
 class MemoryFaustTable:
     def __init__(self) -> None:
         self.dbs: dict[int, MemoryDB] = {}
-        self.data = SimpleNamespace(_db_for_partition=lambda p: self.dbs.setdefault(p, MemoryDB()))
+        self.data = SimpleNamespace(
+            _dbs=self.dbs, _db_for_partition=lambda p: self.dbs.setdefault(p, MemoryDB())
+        )
 
 
 class Recorder:

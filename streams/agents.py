@@ -54,7 +54,7 @@ from .records import (
     check_objection,
     check_post,
     check_post_fields,
-    is_forwarded,
+    forwarded,
 )
 from .settings import Settings
 
@@ -182,11 +182,16 @@ class Processor:
     def dlq(self, message: Any, reason: str) -> None:
         """Send a record to the DLQ with the contract's headers: an input forwarded by the
         re-keying stage goes with its own key, bytes and headers."""
-        raw = list(message.headers or ())
-        if is_forwarded(raw):
-            own, source, key = raw[:-5], raw[-4:-1], raw[-1][1]
+        src = forwarded(message.headers)
+        if src is not None:  # an input: its own key, headers and coordinates
+            own, _, topic, partition, offset, key = src
+            source = [
+                (SRC_TOPIC, topic.encode()),
+                (SRC_PARTITION, str(partition).encode()),
+                (SRC_OFFSET, str(offset).encode()),
+            ]
         else:  # another internal record (a replay request): where it was read
-            headers, own, key = dict(raw), [], message.key
+            headers, own, key = dict(message.headers or ()), (), message.key
             source = [
                 (SRC_TOPIC, headers.get(SRC_TOPIC, message.topic.encode())),
                 (SRC_PARTITION, headers.get(SRC_PARTITION, str(message.partition).encode())),
@@ -203,18 +208,19 @@ class Processor:
 
     def gate(self, message: Any) -> None:
         """Decide a post, apply an objection event or answer a replay request."""
-        raw = message.headers
-        if is_forwarded(raw):  # an input: the re-keying stage's headers are the last five
+        src = forwarded(message.headers)
+        if src is not None:  # an input forwarded by the re-keying stage
             headers = None
-            kind, topic, partition, offset = raw[-5][1], raw[-4][1], raw[-3][1], raw[-2][1]
+            _, kind, topic, partition, offset, _ = src
+            source = Source(topic, partition, offset)
         else:  # a replay request
-            headers = dict(raw or ())
+            headers = dict(message.headers or ())
             kind = headers.get(KIND)
             topic, partition, offset = map(headers.get, (SRC_TOPIC, SRC_PARTITION, SRC_OFFSET))
-        try:
-            source = Source(topic.decode(), int(partition), int(offset))
-        except (AttributeError, TypeError, ValueError):
-            source = Source(message.topic, message.partition, message.offset)
+            try:
+                source = Source(topic.decode(), int(partition), int(offset))
+            except (AttributeError, TypeError, ValueError):
+                source = Source(message.topic, message.partition, message.offset)
         scanned, fields, record = None, None, None
         try:
             if kind == KIND_POST and self._pick_post_fields and self._splices is not False:

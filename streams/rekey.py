@@ -3,9 +3,10 @@
 It reads ``posts`` and ``objections`` (any partitioner, any partition count), reads
 each record's value as far as its ``user_id``, and forwards its unchanged bytes to the
 internal topic on the partition of that user (murmur2, the worker's partition count),
-with the input's own headers, then its coordinates and key in headers of ours. A record
-whose user cannot be read goes to the DLQ with a reason here; one that is damaged
-further on, from the gate, which decodes the whole record anyway.
+with the input's own headers, then its kind, coordinates and key in one header of ours
+(``records.SOURCE``). A record whose user cannot be read goes to the DLQ with a reason
+here; one that is damaged further on, from the gate, which decodes the whole record
+anyway.
 
 It runs on confluent-kafka (librdkafka) in a child process of the worker (its own
 interpreter, so it does not compete with the gate for the GIL and can use a second
@@ -37,14 +38,15 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from .codec import OBJECTION, POST, Codec, DecodeError
 from .outputs import producer_config
 from .records import (
-    KIND,
     KIND_OBJECTION,
     KIND_POST,
-    SRC_KEY,
+    SOURCE,
     SRC_OFFSET,
     SRC_PARTITION,
     SRC_TOPIC,
     check_user_id,
+    pack_source,
+    source_prefix,
 )
 from .settings import Settings
 
@@ -163,15 +165,16 @@ class Rekeyer:
         self.stopping = stopping
         self.assigned = assigned
         self.counts = counts
-        # per input topic: record name, kind header, counter slot, topic header
+        # per input topic: record name, kind, counter slot
         self._kinds = {
-            topic: (name, (KIND, kind), slot, (SRC_TOPIC, topic.encode()))
+            topic: (name, kind, slot)
             for topic, name, kind, slot in (
                 (settings.posts_topic, POST, KIND_POST, INPUT_POSTS),
                 (settings.objections_topic, OBJECTION, KIND_OBJECTION, INPUT_OBJECTIONS),
             )
         }
-        self._partition_headers: dict[int, tuple[str, bytes]] = {}
+        # per input (topic, partition): the start of its SOURCE header (source_prefix)
+        self._source_prefixes: dict[tuple[str, int], tuple[bytes, bytes, bytes]] = {}
         self._counted = [0, 0, 0, 0]  # this batch's counts, added to ``counts`` after it
         self._dlq_slot = {
             settings.posts_topic: DLQ_POSTS,
@@ -263,7 +266,7 @@ class Rekeyer:
 
     def _forward(self, msg: Message, producer: Producer, internal: str) -> None:
         topic, value = msg.topic(), msg.value()
-        expected, kind_header, slot, topic_header = self._kinds[topic]
+        expected, kind, slot = self._kinds[topic]
         try:
             if value is None:
                 raise DecodeError("null value")
@@ -280,24 +283,18 @@ class Rekeyer:
             return
         self._counted[slot] += 1
         partition = msg.partition()
+        prefix = self._source_prefixes.get((topic, partition))
+        if prefix is None:
+            prefix = self._source_prefixes[(topic, partition)] = source_prefix(
+                kind, topic, partition
+            )
+        header = (SOURCE, pack_source(prefix, msg.offset(), msg.key()))
         own = msg.headers()
-        headers = [
-            kind_header,
-            topic_header,
-            self._partition_headers.get(partition) or self._partition_header(partition),
-            (SRC_OFFSET, str(msg.offset()).encode()),
-            (SRC_KEY, msg.key()),
-        ]
-        if own:  # the input's own headers first, ours last (records.is_forwarded)
-            headers = [*own, *headers]
+        # the input's own headers first, ours last (records.forwarded)
+        headers = [*own, header] if own else [header]
         _, timestamp = msg.timestamp()
         # the key is the user: the producer's murmur2 partitioner picks its partition
         self._produce(producer, internal, value, user_id.encode(), headers, timestamp)
-
-    def _partition_header(self, partition: int) -> tuple[str, bytes]:
-        header = (SRC_PARTITION, str(partition).encode())
-        self._partition_headers[partition] = header
-        return header
 
     def _publish_counts(self) -> None:
         """Add this batch's counts to the counters the worker reads."""

@@ -26,10 +26,13 @@ from streams.records import (
     KIND,
     KIND_OBJECTION,
     KIND_POST,
+    SOURCE,
     SRC_KEY,
     SRC_OFFSET,
     SRC_PARTITION,
     SRC_TOPIC,
+    pack_source,
+    source_prefix,
 )
 from streams.settings import Settings
 from tests.unit.strategies import objections, policies, posts
@@ -191,22 +194,27 @@ def _gate(splicing: bool, policy) -> tuple[Processor, Recorder]:
     return processor, out
 
 
-def _message(kind: bytes, value: bytes, offset: int, user: str) -> Any:
-    headers = [
-        ("trace", b"x"),
-        (KIND, kind),
-        (SRC_TOPIC, b"posts" if kind == KIND_POST else b"objections"),
-        (SRC_PARTITION, b"2"),
-        (SRC_OFFSET, str(offset).encode()),
-        (SRC_KEY, user.encode()),
-    ]
+def _message(kind: bytes, value: bytes, offset: int, user: str, packed: bool = True) -> Any:
+    """An internal record as the re-keying stage forwards it (``packed``), or as
+    earlier versions did, in five headers."""
+    topic = "posts" if kind == KIND_POST else "objections"
+    if packed:
+        ours = [(SOURCE, pack_source(source_prefix(kind, topic, 2), offset, user.encode()))]
+    else:
+        ours = [
+            (KIND, kind),
+            (SRC_TOPIC, topic.encode()),
+            (SRC_PARTITION, b"2"),
+            (SRC_OFFSET, str(offset).encode()),
+            (SRC_KEY, user.encode()),
+        ]
     return SimpleNamespace(
         topic="user-events",
         partition=0,
         offset=offset,
         key=user.encode(),
         value=value,
-        headers=headers,
+        headers=[("trace", b"x"), *ours],
         timestamp=1_000,
     )
 
@@ -241,6 +249,25 @@ def test_the_gate_writes_the_same_bytes_with_and_without_splicing(inputs, policy
             processor.gate(_message(kind, value, offset, user))
             processor.ledger.settle()  # as before a commit
         runs.append((out.records, processor.metrics.decisions, processor.metrics.dlq))
+    assert runs[0] == runs[1]
+
+
+def test_inputs_forwarded_in_five_headers_by_earlier_versions_give_the_same_records():
+    """Records an earlier version left on the internal topic (an upgrade mid-stream):
+    decisions, outputs and DLQ records as for the packed header."""
+    runs = []
+    for packed in (True, False):
+        processor, out = _gate(True, load_policy())
+        post = CODEC.encode(POST, POST_RECORD)
+        processor.gate(_message(KIND_POST, post, 0, "u1", packed))
+        processor.gate(_message(KIND_POST, post[:12], 1, "u1", packed))  # to the DLQ
+        runs.append(out.records)
+    assert [r[0] for r in runs[0]] == [
+        Settings().training_topic,
+        Settings().decisions_topic,
+        "ledger-changelog",
+        Settings().dlq_topic,
+    ]
     assert runs[0] == runs[1]
 
 

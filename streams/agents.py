@@ -280,7 +280,7 @@ class Processor:
         objected = stored is not None and decode_state(stored).objected(platform)
         reason = policy.reason_of(visibility, adult, country, platform, objected)
         outcome = post_outcome(
-            reason, lambda: self.ledger.is_live(partition, user_id, post_id), replay=False
+            reason, lambda: self.ledger.is_live(partition, user_id, post_id), False
         )
         if outcome is Outcome.RETRACTED:
             return False

@@ -47,7 +47,6 @@ class OutputProducer:
         self.producer = Producer({**producer_config(settings), "on_delivery": self._delivered})
         self.changelog_offsets: dict[tuple[str, int], int] = {}
         self._changelogs: set[str] = set()
-        self._pending = 0
 
     def track_changelog(self, topic: str) -> None:
         """Remember the highest delivered offset of this topic's partitions."""
@@ -92,10 +91,6 @@ class OutputProducer:
                 self.producer.produce(topic, value, key, partition)
         except BufferError:
             self._produce_when_room(topic, key, value, partition, headers)
-        self._pending += 1
-        if self._pending >= 1000:
-            self._pending = 0
-            self.producer.poll(0)
 
     def _produce_when_room(
         self,

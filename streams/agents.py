@@ -276,6 +276,8 @@ class Processor:
             return False
         post_id, user_id, platform, visibility, country, adult = fields
         partition, policy = message.partition, self.policy
+        # _state, without its three calls for the nine users in ten who have no state
+        # (2.4% of this thread's instructions per post)
         stored = self.consent.get(partition, user_id.encode("utf-8"))
         objected = stored is not None and decode_state(stored).objected(platform)
         reason = policy.reason_of(visibility, adult, country, platform, objected)

@@ -300,18 +300,12 @@ class Codec:
         Raises ``DecodeError`` exactly as ``decode`` does."""
         current = self._scan_current.get(expect)
         if current is not None and data[:10] == current[0]:  # the common case
-            scanned, end = _read_datum(current[1], data, 10, expect)
-            if end != len(data):
-                raise DecodeError(f"{len(data) - end} trailing bytes after the {expect} datum")
-            return scanned
+            return _read_whole(current[1], data, 10, expect)
         version, start = self._writer_expecting(data, expect)
         scanner = self._scanners.get(version.fingerprint)
         if scanner is None or self.current[expect].fingerprint != version.fingerprint:
             return None
-        scanned, end = _read_datum(scanner, data, start, version.name)
-        if end != len(data):
-            raise DecodeError(f"{len(data) - end} trailing bytes after the {version.name} datum")
-        return scanned
+        return _read_whole(scanner, data, start, version.name)
 
     def decode(self, data: bytes, expect: str | None = None) -> tuple[str, dict[str, Any]]:
         """Read a record into the current reader schema; returns (record name, datum).
@@ -327,10 +321,7 @@ class Codec:
         if reader.fingerprint == version.fingerprint:
             compiled = self._readers.get(version.fingerprint)
         read = compiled or _fastavro_reader(version, reader)
-        datum, end = _read_datum(read, data, start, version.name)
-        if end != len(data):
-            raise DecodeError(f"{len(data) - end} trailing bytes after the {version.name} datum")
-        return version.name, datum
+        return version.name, _read_whole(read, data, start, version.name)
 
 
 def _fastavro_reader(writer: SchemaVersion, reader: SchemaVersion) -> Reader:
@@ -354,3 +345,11 @@ def _read_datum(reader: Reader, data: bytes, start: int, name: str) -> tuple[dic
         raise DecodeError(f"truncated {name} datum") from None
     except Exception as exc:  # corrupt lengths, indexes, UTF-8; fastavro raises many types
         raise DecodeError(f"corrupt {name} datum: {type(exc).__name__}: {exc}") from None
+
+
+def _read_whole(reader: Reader, data: bytes, start: int, name: str) -> Any:
+    """``_read_datum`` of a datum that must end where ``data`` does."""
+    datum, end = _read_datum(reader, data, start, name)
+    if end != len(data):
+        raise DecodeError(f"{len(data) - end} trailing bytes after the {name} datum")
+    return datum

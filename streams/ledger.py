@@ -73,7 +73,7 @@ class TableState:
         self.outputs = outputs
         outputs.track_changelog(changelog_topic)
         # Faust's open partitions (a dict it fills and empties, never replaces): looked
-        # up here first, without two calls into Faust per read
+        # up here first, without two calls into Faust per read or write
         self._open: dict[int, Any] = table.data._dbs
 
     def _db(self, partition: int) -> Any:
@@ -82,17 +82,11 @@ class TableState:
 
     def get(self, partition: int, key: bytes) -> bytes | None:
         """The value of ``key`` in one partition."""
-        db = self._open.get(partition)
-        if db is None:
-            db = self.table.data._db_for_partition(partition)
-        return db.get(key)
+        return self._db(partition).get(key)
 
     def put(self, partition: int, key: bytes, value: bytes) -> None:
         """Write locally and to the changelog."""
-        db = self._open.get(partition)
-        if db is None:
-            db = self.table.data._db_for_partition(partition)
-        db.put(key, value)
+        self._db(partition).put(key, value)
         self.outputs.produce(self.changelog_topic, key, value, partition)
 
     def delete(self, partition: int, key: bytes) -> None:

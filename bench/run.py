@@ -247,15 +247,6 @@ def start_enforcer(s: Settings, workdir: Path, name: str) -> tuple[subprocess.Po
     return proc, port
 
 
-def main_thread_cpu(pid: int) -> float:
-    """CPU seconds of a process's main thread (its thread id is the process id)."""
-    with contextlib.suppress(psutil.Error):
-        for thread in psutil.Process(pid).threads():
-            if thread.id == pid:
-                return thread.user_time + thread.system_time
-    return 0.0
-
-
 def thread_cpu(pid: int) -> dict[str, float]:
     """CPU seconds so far of every thread of a process tree, by where it runs: the
     process's main thread is ``main``, its other threads go by their names, and those
@@ -299,7 +290,7 @@ def measure_throughput(
     sampler.start()
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4()}"})
     broker_procs = [psutil.Process(broker_pid)] if broker_pid else []
-    first_at = cpu_first = main_first = broker_first = None
+    first_at = cpu_first = broker_first = None
     threads_first: dict[str, float] = {}
     deadline = time.monotonic() + timeout
     try:
@@ -316,7 +307,6 @@ def measure_throughput(
                 )
                 if started:
                     first_at, cpu_first = now, sampler.cpu()
-                    main_first = main_thread_cpu(proc.pid)
                     threads_first = thread_cpu(proc.pid)
                     broker_first = cpu_seconds(broker_procs)
             if done >= expected:
@@ -326,7 +316,8 @@ def measure_throughput(
             time.sleep(0.1)
         elapsed = max(now - first_at, 1e-6)
         cpu = sampler.cpu() - cpu_first
-        main = main_thread_cpu(proc.pid) - main_first
+        threads = thread_cpu(proc.pid)
+        main = threads.get("main", 0.0) - threads_first.get("main", 0.0)
         figures = {
             "records": done,
             "seconds": elapsed,
@@ -337,7 +328,6 @@ def measure_throughput(
             "main_thread_cpu_seconds_per_1000": main / done * 1000,
             "main_thread_busy": main / elapsed,
         }
-        threads = thread_cpu(proc.pid)
         figures["thread_cores"] = {
             where: round((seconds - threads_first.get(where, 0.0)) / elapsed, 3)
             for where, seconds in sorted(threads.items(), key=lambda kv: -kv[1])

@@ -37,6 +37,7 @@ from .enforcement import (
     training_values,
 )
 from .ledger import Ledger, TableState
+from . import native
 from .metrics import Metrics
 from .offsets import Admit, OffsetTracker
 from .outputs import OutputProducer
@@ -93,6 +94,8 @@ class Processor:
         # tuple; None: posts are decoded
         self._pick_post_fields = _picker(codec.field_names(POST), POST_FIELDS)
         self._splices: Any = None  # _make_splices: None until made, False if not possible
+        self._fast: Any = None  # native.make_fast_gate: None until made, False if not used
+        self._fast_keys = native.decision_keys()
 
     # -- readiness -----------------------------------------------------------------
     def ready(self) -> bool:
@@ -121,11 +124,55 @@ class Processor:
         seconds, aiokafka records milliseconds)."""
         self._timestamp_scale = timestamp_scale
         try:
-            for message in messages:
-                self.process_one(message)
+            fast = self._fast if self._fast is not None else self._make_fast()
+            if fast:  # the common posts in C, every other record through process_one
+                decided, decisions, buckets, latency_sum, latency_n = fast.run(
+                    messages, timestamp_scale
+                )
+                if decided:
+                    self._count_fast(decisions, buckets, latency_sum, latency_n)
+            else:
+                for message in messages:
+                    self.process_one(message)
         finally:
             self._timestamp_scale = 1.0
         self.outputs.poll()
+
+    def _make_fast(self) -> Any:
+        """The native fast path (``native.py``), or False: posts are decided here."""
+        self._fast = False
+        if not native.available():
+            log.info("posts are decided in Python: the native fast path is not available")
+        elif self._pick_post_fields is None or not self._make_splices():
+            log.info("posts are decided in Python: the schemas do not allow splicing")
+        else:
+            try:
+                self._fast = native.make_fast_gate(self)
+                log.info("posts are decided by the native fast path")
+            except native.Unsupported as exc:
+                log.info("posts are decided in Python: %s", exc)
+        return self._fast
+
+    def _count_fast(
+        self, decisions: tuple[int, ...], buckets: tuple[int, ...], total: float, n: int
+    ) -> None:
+        counts = self.metrics.decisions
+        for key, count in zip(self._fast_keys, decisions, strict=True):
+            if count:
+                counts[key] += count
+        self.metrics.add_latencies(buckets, total, n)
+
+    def fast_failed(self, message: Any, exc: BaseException) -> None:
+        """A post the fast path decided could not be written (its offset is processed):
+        to the DLQ, as ``gate`` does with a post it cannot decide."""
+        log.error(
+            "cannot decide post at %s[%d]@%d",
+            message.topic,
+            message.partition,
+            message.offset,
+            exc_info=exc,
+        )
+        self.dlq(message, f"internal error: {type(exc).__name__}")
 
     def process_one(self, message: Any) -> None:
         """Process one internal record (records of a partition come in offset order)."""

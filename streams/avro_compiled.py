@@ -373,16 +373,12 @@ def _encoding(node: Any, named: Mapping[str, Any]) -> Any:
     return kind
 
 
-def compile_splice(source: Mapping[str, Any], target: Mapping[str, Any]) -> Any:
-    """A function writing a ``target`` record from a ``source`` record's bytes, or None
-    when ``target`` is not: a run of ``source`` fields (same names, same encodings),
-    then fields given by the caller.
-
-    The function is ``splice(prefix, data, starts, **given) -> bytes``: ``prefix`` (the
-    wire header), then the copied fields as the bytes they have in ``data`` (``starts``
-    as a scanning reader of ``source`` returns them, ``compile_reader(scan=True)``),
-    then the given fields, encoded as ``compile_writer`` would. Both schemas parsed,
-    logical types removed."""
+def splice_plan(source: Mapping[str, Any], target: Mapping[str, Any]) -> Any:
+    """How a ``target`` record is written from a ``source`` record's bytes, or None when
+    ``target`` is not a run of ``source`` fields (same names, same encodings) followed
+    by fields given by the caller: ``(spans, given)``, the runs of consecutive source
+    fields copied (``[first, last + 1]`` field indexes) and the given fields' schemas.
+    Both schemas parsed, logical types removed; every field compilable."""
     if source.get("type") != "record" or target.get("type") != "record":
         return None
     src_fields, dst_fields = source["fields"], target["fields"]
@@ -401,17 +397,34 @@ def compile_splice(source: Mapping[str, Any], target: Mapping[str, Any]) -> Any:
         ):
             break
         copied.append(i)
-    given = dst_fields[len(copied) :]
-    names = [f["name"] for f in given]
-    if not copied or not all(map(_free_name, names)):
+    if not copied:
         return None
-    spans: list[list[int]] = []  # runs of consecutive source fields: [first, last + 1]
+    spans: list[tuple[int, int]] = []
     for i in copied:
         if spans and spans[-1][1] == i:
-            spans[-1][1] = i + 1
+            spans[-1] = (spans[-1][0], i + 1)
         else:
-            spans.append([i, i + 1])
-    src = _Source(dst_named)
+            spans.append((i, i + 1))
+    return tuple(spans), dst_fields[len(copied) :]
+
+
+def compile_splice(source: Mapping[str, Any], target: Mapping[str, Any]) -> Any:
+    """A function writing a ``target`` record from a ``source`` record's bytes, or None
+    when there is no ``splice_plan`` (or a given field's name cannot be a parameter).
+
+    The function is ``splice(prefix, data, starts, **given) -> bytes``: ``prefix`` (the
+    wire header), then the copied fields as the bytes they have in ``data`` (``starts``
+    as a scanning reader of ``source`` returns them, ``compile_reader(scan=True)``),
+    then the given fields, encoded as ``compile_writer`` would. Both schemas parsed,
+    logical types removed."""
+    plan = splice_plan(source, target)
+    if plan is None:
+        return None
+    spans, given = plan
+    names = [f["name"] for f in given]
+    if not all(map(_free_name, names)):
+        return None
+    src = _Source(_named_enums(target["fields"], {}))
     params = "".join(f", {n}" for n in names)
     src.line(0, f"def splice(prefix, data, starts{params}):")
     copies = ", ".join(f"data[starts[{a}]:starts[{b}]]" for a, b in spans)

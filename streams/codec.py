@@ -179,12 +179,21 @@ class Codec:
         return self.current[name].parsed
 
     # -- writing -------------------------------------------------------------------
+    def wire_prefix(self, name: str, topic: str | None = None) -> bytes:
+        """What ``encode`` writes before the datum of a ``name`` record for ``topic``."""
+        if self._registry is not None:
+            return struct.pack(">bI", CONFLUENT_MAGIC, self._schema_id(name, topic or name))
+        return self._prefix[name]
+
+    def scan_prefix(self, name: str) -> bytes | None:
+        """The header of the records ``scan`` reads without looking their writer up (the
+        current schema's single-object header), or None if it has no scanner."""
+        current = self._scan_current.get(name)
+        return current[0] if current is not None else None
+
     def encode(self, name: str, datum: Mapping[str, Any], topic: str | None = None) -> bytes:
         """Serialize ``datum`` with the current schema ``name``."""
-        if self._registry is not None:
-            prefix = struct.pack(">bI", CONFLUENT_MAGIC, self._schema_id(name, topic or name))
-        else:
-            prefix = self._prefix[name]
+        prefix = self.wire_prefix(name, topic)
         writer = self._writers.get(name)
         if writer is not None:
             return prefix + writer(datum)
@@ -202,11 +211,7 @@ class Codec:
         splice = compile_splice(self.current[source].parsed, self.current[target].parsed)
         if splice is None:
             return None
-        if self._registry is not None:
-            prefix = struct.pack(">bI", CONFLUENT_MAGIC, self._schema_id(target, topic))
-        else:
-            prefix = self._prefix[target]
-        return partial(splice, prefix)
+        return partial(splice, self.wire_prefix(target, topic))
 
     def field_names(self, name: str) -> tuple[str, ...]:
         """The fields of the current schema ``name``, in order (the order of ``scan``)."""

@@ -35,6 +35,13 @@ class Metrics:
         self.latency_sum += seconds
         self.latency_n += 1
 
+    def add_latencies(self, counts: tuple[int, ...], total: float, n: int) -> None:
+        """Record ``n`` latencies at once: their count per bucket and their sum."""
+        for bucket, count in enumerate(counts):
+            self.latency_counts[bucket] += count
+        self.latency_sum += total
+        self.latency_n += n
+
     def render(self, ready: bool) -> str:
         """The Prometheus text exposition of every metric."""
         out = [

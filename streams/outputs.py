@@ -45,6 +45,9 @@ class OutputProducer:
     def __init__(self, settings: Settings) -> None:
         # one delivery callback for the producer rather than one object per record
         self.producer = Producer({**producer_config(settings), "on_delivery": self._delivered})
+        # librdkafka's produce, positional (topic, value, key[, partition]); it raises
+        # BufferError when its queue is full (then: produce_when_room)
+        self.raw_produce = self.producer.produce
         self.changelog_offsets: dict[tuple[str, int], int] = {}
         self._changelogs: set[str] = set()
 
@@ -90,9 +93,9 @@ class OutputProducer:
             else:
                 self.producer.produce(topic, value, key, partition)
         except BufferError:
-            self._produce_when_room(topic, key, value, partition, headers)
+            self.produce_when_room(topic, key, value, partition, headers)
 
-    def _produce_when_room(
+    def produce_when_room(
         self,
         topic: str,
         key: bytes | None,
@@ -100,6 +103,7 @@ class OutputProducer:
         partition: int | None,
         headers: list | None,
     ) -> None:
+        """``produce`` for a full queue: serve delivery reports until there is room."""
         while True:
             self.producer.poll(0.05)
             try:

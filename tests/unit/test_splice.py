@@ -180,6 +180,11 @@ class Recorder:
     def produce(self, topic, key, value, partition=None, headers=None) -> None:
         self.records.append((topic, key, value, partition, headers))
 
+    def raw_produce(self, topic, value, key, partition=None) -> None:
+        self.records.append((topic, key, value, partition, None))
+
+    produce_when_room = produce
+
     def poll(self) -> None:
         pass
 

@@ -41,7 +41,7 @@ lint: setup
 
 setup: $(STAMP) broker-jars
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py streams/_native.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev]"

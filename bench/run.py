@@ -530,7 +530,11 @@ def versions(peer_python: str | None, kafka: str) -> dict[str, str]:
     """Versions of everything measured."""
     from importlib.metadata import version
 
+    from streams import native
+
     out = {"python": platform.python_version(), "kafka": kafka}
+    # whether the worker decides posts in C (streams/_native.c) or all in Python
+    out["native_fast_path"] = "on" if native.available() else "off"
     for dist in ("faust-streaming", "aiokafka", "confluent-kafka", "fastavro", "rocksdict"):
         out[dist] = version(dist)
     if peer_python:

@@ -573,6 +573,7 @@ static int decide(FastGate *self, PyObject *message, Stats *stats) {
     int result = 0;
     PyObject *partition = NULL, *offset_obj = NULL, *value = NULL, *headers = NULL;
     PyObject *post_key = NULL, *user = NULL, *stored = NULL, *ledger_live = NULL;
+    PyObject *consent_db = NULL, *ledger_db = NULL;
     if (PyDict_GET_SIZE(self->repositioning)) return 0;
     headers = PyObject_GetAttr(message, s_headers);
     if (!headers) goto error;
@@ -639,12 +640,15 @@ static int decide(FastGate *self, PyObject *message, Stats *stats) {
         if (PyErr_Occurred()) goto error;
         goto done;
     }
-    PyObject *consent_db = PyDict_GetItemWithError(self->consent_dbs, partition);
-    PyObject *ledger_db = consent_db ? PyDict_GetItemWithError(self->ledger_dbs, partition) : NULL;
+    consent_db = PyDict_GetItemWithError(self->consent_dbs, partition);
+    ledger_db = consent_db ? PyDict_GetItemWithError(self->ledger_dbs, partition) : NULL;
     if (!ledger_db) {
+        consent_db = NULL;
         if (PyErr_Occurred()) goto error;
         goto done; /* not opened yet: the Python path opens it */
     }
+    Py_INCREF(consent_db); /* held while in use, whatever happens to the dicts */
+    Py_INCREF(ledger_db);
 
     /* consent and the rules */
     int platform = (int)ivalue[self->f_platform];
@@ -764,6 +768,8 @@ cleanup:
     Py_XDECREF(user);
     Py_XDECREF(stored);
     Py_XDECREF(ledger_live);
+    Py_XDECREF(consent_db);
+    Py_XDECREF(ledger_db);
     return result;
 }
 

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from operator import itemgetter
 from typing import Any
 
+from . import native
 from .codec import DECISION, OBJECTION, POST, RETRACTION, TRAINING_RECORD, Codec, DecodeError
 from .consent import decode_state, encode_state
 from .enforcement import (
@@ -37,7 +38,6 @@ from .enforcement import (
     training_values,
 )
 from .ledger import Ledger, TableState
-from . import native
 from .metrics import Metrics
 from .offsets import Admit, OffsetTracker
 from .outputs import OutputProducer

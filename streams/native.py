@@ -110,7 +110,7 @@ def field_program(schema: dict) -> tuple[tuple[int, int, int, int], ...]:
 def _given(plan: Any, names: tuple[str, ...], what: str) -> dict[str, Any]:
     if plan is None:
         raise Unsupported(f"the {what} is not spliced from the post")
-    spans, given = plan
+    _, given = plan
     if tuple(f["name"] for f in given) != names:
         raise Unsupported(f"the {what} has other fields than {names}")
     return {f["name"]: f["type"] for f in given}
@@ -189,7 +189,13 @@ def make_fast_gate(processor: Any) -> Any:
         (post_prefix, program, tuple(picks), platforms, tuple(p.encode() for p in platforms)),
         (bytes(table), REASONS.index(Reason.ELIGIBLE), len(REASONS)),
         (codec.wire_prefix(TRAINING_RECORD, settings.training_topic), t_plan[0], version),
-        (codec.wire_prefix(DECISION, settings.decisions_topic), d_plan[0], published, blocked, tail),
+        (
+            codec.wire_prefix(DECISION, settings.decisions_topic),
+            d_plan[0],
+            published,
+            blocked,
+            tail,
+        ),
         (settings.training_topic, settings.decisions_topic, ledger.state.changelog_topic),
         (
             processor.consent._open,

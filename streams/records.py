@@ -25,7 +25,7 @@ SRC_TOPIC, SRC_PARTITION, SRC_OFFSET = "source.topic", "source.partition", "sour
 SRC_KEY = "source.key"  # the input's key (internal records only; null for a null key)
 KIND_POST, KIND_OBJECTION, KIND_REPLAY = b"post", b"objection", b"replay"
 REPLAY_ID, REPLAY_DRY_RUN = "replay.id", "replay.dry_run"
-_COUNTRY = re.compile(r"^[A-Z]{2}$")
+_COUNTRY = re.compile(r"[A-Z]{2}\Z")
 
 
 # The re-keying stage's header on a forwarded input, after the input's own headers:

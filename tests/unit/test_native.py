@@ -19,9 +19,7 @@ from streams.records import KIND_OBJECTION, KIND_POST
 from tests.unit.strategies import objections, policies, posts
 from tests.unit.test_splice import CODEC, POST_RECORD, _gate, _message
 
-pytestmark = pytest.mark.skipif(
-    native._native is None, reason="the C extension is not built here"
-)
+pytestmark = pytest.mark.skipif(native._native is None, reason="the C extension is not built here")
 NOW = 1_764_000_000_000
 
 
@@ -119,7 +117,7 @@ def test_the_fast_path_decides_current_posts_and_leaves_the_rest():
         (KIND_POST, {**POST_RECORD, "post_id": "p4"}, True),  # objected: blocked here
         (KIND_POST, POST_RECORD, True),  # p1 again: no longer live, blocked here
     ]
-    processor, out = _gate(True, policy)
+    processor, _ = _gate(True, policy)
     calls = []
     fallback = processor.process_one
     processor.process_one = lambda m: (calls.append(m.offset), fallback(m))
@@ -142,41 +140,43 @@ def test_the_fast_path_decides_current_posts_and_leaves_the_rest():
     assert processor.metrics.latency_n == 5  # posts only
 
 
+def _refused_once(use_native: bool) -> tuple:
+    """Two posts; the broker client refuses the second one's Decision (once)."""
+    processor, out = _gate(True, load_policy())
+    armed = []
+
+    def refuse_decisions(topic: str) -> None:
+        if topic == "enforcer-decisions" and armed:
+            armed.clear()
+            raise ValueError("refused")
+
+    raw, produce = out.raw_produce, out.produce
+    out.raw_produce = lambda t, v, k, p=None: (refuse_decisions(t), raw(t, v, k, p))
+    out.produce = lambda t, k, v, p=None, headers=None: (
+        refuse_decisions(t) if headers is None else None,
+        produce(t, k, v, p, headers),
+    )
+    if use_native:
+        processor._fast = native.make_fast_gate(processor)
+        processor._fast.fixed_now = NOW
+    else:
+        processor._fast = False
+    processor.offsets.start(0, 0)
+    first = _message(KIND_POST, CODEC.encode(POST, {**POST_RECORD, "post_id": "p0"}), 0, "u1")
+    second = _message(KIND_POST, CODEC.encode(POST, POST_RECORD), 1, "u1")
+    processor.process([first])  # opens the tables (Python)
+    armed.append(True)
+    processor.process([second])
+    return out.records, dict(processor.metrics.dlq), processor.offsets.expected
+
+
 def test_a_post_whose_outputs_fail_goes_to_the_dlq_as_in_python():
     """The broker client refusing a record (e.g. too large): the post is not decided
     twice and its offset counts as processed, with or without the fast path."""
-    runs = []
-    for use_native in (True, False):
-        processor, out = _gate(True, load_policy())
-        refused = {"armed": False}
-
-        def refuse_decisions(topic: str) -> None:
-            if topic == "enforcer-decisions" and refused["armed"]:
-                refused["armed"] = False
-                raise ValueError("refused")
-
-        raw, produce = out.raw_produce, out.produce
-        out.raw_produce = lambda t, v, k, p=None: (refuse_decisions(t), raw(t, v, k, p))
-        out.produce = lambda t, k, v, p=None, headers=None: (
-            refuse_decisions(t) if headers is None else None,
-            produce(t, k, v, p, headers),
-        )
-        if use_native:
-            processor._fast = native.make_fast_gate(processor)
-            processor._fast.fixed_now = NOW
-        else:
-            processor._fast = False
-        processor.offsets.start(0, 0)
-        first = _message(KIND_POST, CODEC.encode(POST, {**POST_RECORD, "post_id": "p0"}), 0, "u1")
-        second = _message(KIND_POST, CODEC.encode(POST, POST_RECORD), 1, "u1")
-        processor.process([first])  # opens the tables (Python)
-        refused["armed"] = True
-        processor.process([second])
-        runs.append((out.records, dict(processor.metrics.dlq), processor.offsets.expected))
-    assert runs[0] == runs[1]
-    topics = [r[0] for r in runs[0][0]]
-    assert topics[-2:] == ["training-ingest", "enforcer-dlq"]
-    assert runs[0][2] == {0: 2}
+    fast, python = _refused_once(True), _refused_once(False)
+    assert fast == python
+    assert [r[0] for r in fast[0]][-2:] == ["training-ingest", "enforcer-dlq"]
+    assert fast[2] == {0: 2}
 
 
 @given(st.binary(max_size=12))

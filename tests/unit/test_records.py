@@ -1,10 +1,13 @@
-"""The re-keying stage's header on forwarded inputs, as the gate reads it back."""
+"""The re-keying stage's header on forwarded inputs, as the gate reads it back; what
+counts as an enforceable post beyond its schema."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from streams.codec import DecodeError
 from streams.records import (
     KIND,
     KIND_OBJECTION,
@@ -15,6 +18,7 @@ from streams.records import (
     SRC_OFFSET,
     SRC_PARTITION,
     SRC_TOPIC,
+    check_post_fields,
     forwarded,
     pack_source,
     source_prefix,
@@ -63,3 +67,10 @@ def test_other_internal_records_are_not_inputs():
     assert forwarded(replay) is None
     assert forwarded(None) is None
     assert forwarded([]) is None
+
+
+@pytest.mark.parametrize("country", ["GB\n", "gb", "G", "GBR", "", "É1"])
+def test_a_country_that_is_not_two_capital_letters_is_refused(country):
+    with pytest.raises(DecodeError, match="alpha-2"):
+        check_post_fields("p1", "u1", country)
+    check_post_fields("p1", "u1", "GB")

@@ -67,7 +67,11 @@ def rekey_consumer_config(settings: Settings) -> dict[str, Any]:
         "isolation.level": "read_committed",
         "fetch.wait.max.ms": 10,
         "fetch.min.bytes": settings.fetch_min_bytes,
-        "queued.min.messages": 20000,
+        # librdkafka fetches a partition again only once its local queue is below this;
+        # at 20,000 the stage waited for input 60% of the time with a backlog (py-spy):
+        # 100,000 took the worker from 46,000 to 74,000-78,000 posts/s (A/B). The queue
+        # stays bounded by queued.max.messages.kbytes (64 MiB, librdkafka's default).
+        "queued.min.messages": 100000,
         "partition.assignment.strategy": "cooperative-sticky",
         "session.timeout.ms": 30000,
         "log_level": 3,

@@ -478,6 +478,20 @@ static int produce(FastGate *self, PyObject *topic, PyObject *value, PyObject *k
     return 0;
 }
 
+/* A ledger key: the user's length (2 bytes, big-endian), the user, the post id
+ * (ledger.entry_key). */
+static PyObject *ledger_key(const char *user, Py_ssize_t ulen, const char *post,
+                            Py_ssize_t plen) {
+    PyObject *key = PyBytes_FromStringAndSize(NULL, 2 + ulen + plen);
+    if (!key) return NULL;
+    unsigned char *k = (unsigned char *)PyBytes_AS_STRING(key);
+    k[0] = (unsigned char)(ulen >> 8);
+    k[1] = (unsigned char)ulen;
+    memcpy(k + 2, user, ulen);
+    memcpy(k + 2 + ulen, post, plen);
+    return key;
+}
+
 static inline int64_t now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -536,15 +550,9 @@ static int emit(FastGate *self, const unsigned char *d, const Py_ssize_t *starts
     if (rc < 0) return -1;
     if (!published) return 0;
     /* the ledger: the post is live (a held removal of it is dropped) */
-    Py_ssize_t ulen = PyBytes_GET_SIZE(user);
-    Py_ssize_t klen = 2 + ulen + PyBytes_GET_SIZE(post_key);
-    PyObject *key = PyBytes_FromStringAndSize(NULL, klen);
+    PyObject *key = ledger_key(PyBytes_AS_STRING(user), PyBytes_GET_SIZE(user),
+                               PyBytes_AS_STRING(post_key), PyBytes_GET_SIZE(post_key));
     if (!key) return -1;
-    unsigned char *k = (unsigned char *)PyBytes_AS_STRING(key);
-    k[0] = (unsigned char)(ulen >> 8);
-    k[1] = (unsigned char)ulen;
-    memcpy(k + 2, PyBytes_AS_STRING(user), ulen);
-    memcpy(k + 2 + ulen, PyBytes_AS_STRING(post_key), PyBytes_GET_SIZE(post_key));
     if (PyDict_GET_SIZE(self->held)) {
         PyObject *pk = PyTuple_Pack(2, partition, key);
         if (!pk || (PyDict_DelItem(self->held, pk) < 0 && !PyErr_ExceptionMatches(PyExc_KeyError))) {
@@ -567,8 +575,9 @@ static int emit(FastGate *self, const unsigned char *d, const Py_ssize_t *starts
     return rc;
 }
 
-/* 1: decided here; 0: not for the fast path (nothing done: the Python path takes it);
- * -1: an error (exception set) before any side effect, also left to the Python path. */
+/* 1: decided here (written, or handed to the failure callback); 0: not for the fast
+ * path, or an error before any side effect (nothing done: the Python path takes it and
+ * meets the error again); -2: the failure callback itself failed (exception set). */
 static int decide(FastGate *self, PyObject *message, Stats *stats) {
     int result = 0;
     PyObject *partition = NULL, *offset_obj = NULL, *value = NULL, *headers = NULL;
@@ -677,14 +686,9 @@ static int decide(FastGate *self, PyObject *message, Stats *stats) {
     if (!post_key) goto error;
     if (!published) {
         /* an ineligible post that is live is retracted: by the Python path */
-        Py_ssize_t ulen = slen[self->f_user], klen = 2 + ulen + slen[self->f_post];
-        PyObject *key = PyBytes_FromStringAndSize(NULL, klen);
+        PyObject *key = ledger_key(PyBytes_AS_STRING(user), PyBytes_GET_SIZE(user),
+                                   PyBytes_AS_STRING(post_key), PyBytes_GET_SIZE(post_key));
         if (!key) goto error;
-        unsigned char *k = (unsigned char *)PyBytes_AS_STRING(key);
-        k[0] = (unsigned char)(ulen >> 8);
-        k[1] = (unsigned char)ulen;
-        memcpy(k + 2, d + sstart[self->f_user], ulen);
-        memcpy(k + 2 + ulen, d + sstart[self->f_post], slen[self->f_post]);
         int held = 0;
         if (PyDict_GET_SIZE(self->held)) {
             PyObject *pk = PyTuple_Pack(2, partition, key);

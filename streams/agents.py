@@ -10,6 +10,10 @@ ledger holds the removals until the broker has acknowledged the tombstones (they
 settled before each commit), so a crash in between re-processes the input and
 retracts again instead of forgetting to.
 
+Where the C extension is built, the common post (published or blocked) is decided by
+the native fast path (``native.py``), which hands every other record to
+``process_one``; the Python path here is what it must match, byte for byte.
+
 Nothing here logs post text or media URLs.
 """
 

@@ -2,7 +2,9 @@
 
 Counts records per key into a table; on a record with value ``dump`` it writes the
 table (as the agent sees it) to the file named by SMOKE_DUMP. Configured by
-environment: SMOKE_BROKER, SMOKE_APP, SMOKE_TOPIC, SMOKE_DATADIR, SMOKE_DUMP.
+environment: SMOKE_BROKER, SMOKE_APP, SMOKE_TOPIC, SMOKE_DATADIR, SMOKE_DUMP, and
+SMOKE_LOGLEVEL (default info: Faust's recovery progress is in the log the test shows
+when the app does not answer in time).
 """
 
 import json
@@ -58,5 +60,5 @@ async def count(stream):
 
 if __name__ == "__main__":
     faust.Worker(
-        app, loglevel="warn", quiet=True, redirect_stdouts=False
+        app, loglevel=os.environ.get("SMOKE_LOGLEVEL", "info"), quiet=True, redirect_stdouts=False
     ).execute_from_commandline()

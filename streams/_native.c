@@ -70,7 +70,7 @@ typedef struct {
     PyObject *repositioning;            /* partitions being repositioned */
     PyObject *produce;                  /* confluent_kafka Producer.produce */
     PyObject *produce_when_room;        /* (topic, key, value, partition, headers) */
-    PyObject *objected;                 /* (stored consent, platform) -> bool */
+    PyObject *objected;                 /* consent.stored_objects(stored, platform) */
     PyObject *fallback;                 /* (message) -> None: the Python path */
     PyObject *failed;                   /* (message, exception) -> None */
     double bounds[MAX_BUCKETS];
@@ -241,15 +241,25 @@ static inline int id_ok(const unsigned char *s, Py_ssize_t n) {
 
 /* -- construction ------------------------------------------------------------------ */
 
-static int parse_spans(PyObject *spans, int out[MAX_SPANS][2], int *count, int nfields) {
-    PyObject *seq = PySequence_Fast(spans, "spans must be a sequence");
-    if (!seq) return -1;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    if (n < 1 || n > MAX_SPANS) {
+/* A sequence of 1 to `max` items (a new reference, its length in *n), or NULL with
+ * ValueError naming `what`. */
+static PyObject *bounded_sequence(PyObject *obj, Py_ssize_t max, const char *what,
+                                  Py_ssize_t *n) {
+    PyObject *seq = PySequence_Fast(obj, what);
+    if (!seq) return NULL;
+    *n = PySequence_Fast_GET_SIZE(seq);
+    if (*n < 1 || *n > max) {
         Py_DECREF(seq);
-        PyErr_SetString(PyExc_ValueError, "unsupported number of spans");
-        return -1;
+        PyErr_Format(PyExc_ValueError, "unsupported number of %s", what);
+        return NULL;
     }
+    return seq;
+}
+
+static int parse_spans(PyObject *spans, int out[MAX_SPANS][2], int *count, int nfields) {
+    Py_ssize_t n;
+    PyObject *seq = bounded_sequence(spans, MAX_SPANS, "spans", &n);
+    if (!seq) return -1;
     for (Py_ssize_t i = 0; i < n; i++) {
         int a, b;
         if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "ii", &a, &b)) {
@@ -308,14 +318,9 @@ static int FastGate_init(FastGate *self, PyObject *args, PyObject *kwds) {
     PyObject *prefix, *fields, *picks, *symbols, *values;
     if (!PyArg_ParseTuple(schema, "SOOOO", &prefix, &fields, &picks, &symbols, &values))
         return -1;
-    PyObject *fseq = PySequence_Fast(fields, "fields must be a sequence");
+    Py_ssize_t nf;
+    PyObject *fseq = bounded_sequence(fields, MAX_FIELDS - 1, "fields", &nf);
     if (!fseq) return -1;
-    Py_ssize_t nf = PySequence_Fast_GET_SIZE(fseq);
-    if (nf < 1 || nf >= MAX_FIELDS) {
-        Py_DECREF(fseq);
-        PyErr_SetString(PyExc_ValueError, "unsupported number of fields");
-        return -1;
-    }
     for (Py_ssize_t i = 0; i < nf; i++) {
         FieldSpec *f = &self->fields[i];
         if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fseq, i), "iLiL", &f->kind, &f->arg,
@@ -409,14 +414,9 @@ static int FastGate_init(FastGate *self, PyObject *args, PyObject *kwds) {
     KEEP(fallback, fallback);
     KEEP(failed, failed);
 
-    PyObject *bseq = PySequence_Fast(bounds, "bounds must be a sequence");
+    Py_ssize_t nb;
+    PyObject *bseq = bounded_sequence(bounds, MAX_BUCKETS - 1, "latency buckets", &nb);
     if (!bseq) return -1;
-    Py_ssize_t nb = PySequence_Fast_GET_SIZE(bseq);
-    if (nb < 1 || nb >= MAX_BUCKETS) {
-        Py_DECREF(bseq);
-        PyErr_SetString(PyExc_ValueError, "unsupported number of latency buckets");
-        return -1;
-    }
     for (Py_ssize_t i = 0; i < nb; i++) {
         self->bounds[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(bseq, i));
         if (PyErr_Occurred()) {

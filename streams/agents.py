@@ -29,7 +29,7 @@ from typing import Any
 
 from . import native
 from .codec import DECISION, OBJECTION, POST, RETRACTION, TRAINING_RECORD, Codec, DecodeError
-from .consent import decode_state, encode_state
+from .consent import decode_state, encode_state, stored_objects
 from .enforcement import (
     DECISION_FIELDS,
     TRAINING_FIELDS,
@@ -329,8 +329,7 @@ class Processor:
         partition, policy = message.partition, self.policy
         # _state, without its three calls for the nine users in ten who have no state
         # (2.4% of this thread's instructions per post)
-        stored = self.consent.get(partition, user_id.encode("utf-8"))
-        objected = stored is not None and decode_state(stored).objected(platform)
+        objected = stored_objects(self.consent.get(partition, user_id.encode("utf-8")), platform)
         reason = policy.reason_of(visibility, adult, country, platform, objected)
         outcome = post_outcome(
             reason, lambda: self.ledger.is_live(partition, user_id, post_id), False

@@ -142,10 +142,14 @@ def _read_long(src: _Source, ind: int, target: str) -> None:
     src.line(ind, f"{target} = (x >> 1) ^ -(x & 1)")
 
 
+def definition(node: Any, named: Mapping[str, Any]) -> Any:
+    """A type's definition: the enum it names (``named``: ``_named_enums``), or itself."""
+    return named.get(node, node) if isinstance(node, str) else node
+
+
 def _resolved(src: _Source, node: Any) -> tuple[str | None, Any]:
     """A field type's kind, and its definition when it names an enum."""
-    kind = _kind(node, src.named)
-    return kind, (src.named.get(node, node) if isinstance(node, str) else node)
+    return _kind(node, src.named), definition(node, src.named)
 
 
 def _read_value(src: _Source, ind: int, node: Any, target: str) -> None:
@@ -361,9 +365,7 @@ def _compiled(src: _Source, filename: str, function: str) -> Any:
 
 def _encoding(node: Any, named: Mapping[str, Any]) -> Any:
     """What determines a compilable type's binary encoding (names and docs do not)."""
-    kind = _kind(node, named)
-    if isinstance(node, str):
-        node = named.get(node, node)
+    kind, node = _kind(node, named), definition(node, named)
     if kind == "enum":
         return ("enum", tuple(node["symbols"]))
     if kind == "array":

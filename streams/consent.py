@@ -74,6 +74,12 @@ def apply(state: ConsentState | None, event: Mapping[str, Any]) -> ConsentState:
     return ConsentState(marks, seen)
 
 
+def stored_objects(stored: bytes | None, platform: str) -> bool:
+    """Whether a user objects on ``platform``, from their consent table entry (None:
+    no state, so no objection); the state is decoded only when there is one."""
+    return stored is not None and decode_state(stored).objected(platform)
+
+
 def encode_state(state: ConsentState) -> bytes:
     """Compact bytes for the consent table."""
     return json.dumps(

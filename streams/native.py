@@ -7,26 +7,24 @@ offset, published or blocked) with the same reads, writes and bytes as
 other record, before any side effect, to ``Processor.process_one``. The rules stay
 here in Python: the fast path reads the reason from a table filled by calling
 ``Policy.reason_of`` for every combination of the fields they read, and asks
-``consent.py`` whether a user with consent state objects. ``make_fast_gate`` returns
-None, and the gate decides every post in Python, when the extension was not built,
-``ENFORCER_NATIVE=0`` is set, or the schemas are not the shape it handles. No Kafka.
+``consent.py`` whether a user with consent state objects. The gate decides every post
+in Python when the extension was not built or ``ENFORCER_NATIVE=0`` is set
+(``available``), or when ``make_fast_gate`` raises ``Unsupported`` (schemas not of the
+shape it handles). No Kafka.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from string import ascii_uppercase
 from typing import Any
 
-from .avro_compiled import _kind, _named_enums, encode_long, splice_plan
+from .avro_compiled import _kind, _named_enums, definition, encode_long, splice_plan
 from .codec import DECISION, POST, TRAINING_RECORD
-from .consent import decode_state
+from .consent import stored_objects
 from .enforcement import DECISION_FIELDS, TRAINING_FIELDS
 from .metrics import LATENCY_BUCKETS
 from .policy import Outcome, Reason
-
-log = logging.getLogger("streams.native")
 
 try:  # built by `pip install` where a C compiler is present (setup.py)
     from . import _native
@@ -57,7 +55,6 @@ PICKED = (
     ("author_is_adult", "boolean"),
 )
 COUNTRIES = tuple(a + b for a in ascii_uppercase for b in ascii_uppercase)  # as _native.c
-NO_REASON = 255
 REASONS = tuple(Reason)
 
 
@@ -76,13 +73,12 @@ def _simple(node: Any, named: dict) -> tuple[int, int]:
     if kind is None or kind in ("union", "array"):
         raise Unsupported(f"unsupported type {node!r}")
     if kind == "enum":
-        node = named.get(node, node) if isinstance(node, str) else node
-        return _KINDS[kind], len(node["symbols"])
+        return _KINDS[kind], len(definition(node, named)["symbols"])
     return _KINDS[kind], 0
 
 
 def _symbols(node: Any, named: dict) -> tuple[str, ...]:
-    return tuple((named.get(node, node) if isinstance(node, str) else node)["symbols"])
+    return tuple(definition(node, named)["symbols"])
 
 
 def field_program(schema: dict) -> tuple[tuple[int, int, int, int], ...]:
@@ -207,17 +203,12 @@ def make_fast_gate(processor: Any) -> Any:
         (
             outputs.raw_produce,
             outputs.produce_when_room,
-            objected,
+            stored_objects,
             processor.process_one,
             processor.fast_failed,
         ),
         LATENCY_BUCKETS,
     )
-
-
-def objected(stored: bytes, platform: str) -> bool:
-    """Whether a user's stored consent state objects on ``platform`` (``consent.py``)."""
-    return decode_state(stored).objected(platform)
 
 
 def decision_keys() -> tuple[tuple[str, str], ...]:

@@ -29,16 +29,24 @@ def fixed_clock(monkeypatch):
     monkeypatch.setattr(agents, "_now_ms", lambda: NOW)
 
 
-def _run(inputs: list, policy: Any, use_native: bool, batches: int = 3) -> tuple:
-    """Process ``inputs`` (kind, record or bytes, packed) in a few batches, settling the
-    ledger between them as before a commit; everything the gate wrote and counted."""
+def _gate_with(use_native: bool, policy: Any, prepare: Any = None) -> tuple[Any, Any]:
+    """A gate (``test_splice._gate``) deciding posts with or without the fast path,
+    partition 0 starting at offset 0; ``prepare(out)`` first changes its recording
+    producer (the fast path takes its methods when it is made)."""
     processor, out = _gate(True, policy)
+    if prepare is not None:
+        prepare(out)
     if use_native:
         processor._fast = native.make_fast_gate(processor)
         processor._fast.fixed_now = NOW
     else:
         processor._fast = False
     processor.offsets.start(0, 0)
+    return processor, out
+
+
+def _messages(inputs: list) -> list:
+    """Internal records at offsets 0, 1, ... of ``inputs`` (kind, record or bytes, packed)."""
     messages = []
     for offset, (kind, record, packed) in enumerate(inputs):
         if isinstance(record, bytes):
@@ -47,6 +55,14 @@ def _run(inputs: list, policy: Any, use_native: bool, batches: int = 3) -> tuple
             value = CODEC.encode(POST if kind == KIND_POST else OBJECTION, record)
             user = record["user_id"]
         messages.append(_message(kind, value, offset, user, packed))
+    return messages
+
+
+def _run(inputs: list, policy: Any, use_native: bool, batches: int = 3) -> tuple:
+    """Process ``inputs`` in a few batches, settling the ledger between them as before a
+    commit; everything the gate wrote and counted."""
+    processor, out = _gate_with(use_native, policy)
+    messages = _messages(inputs)
     size = max(1, len(messages) // batches)
     for start in range(0, len(messages), size):
         processor.process(messages[start : start + size])
@@ -123,11 +139,7 @@ def test_the_fast_path_decides_current_posts_and_leaves_the_rest():
     processor.process_one = lambda m: (calls.append(m.offset), fallback(m))
     processor._fast = native.make_fast_gate(processor)
     processor.offsets.start(0, 0)
-    messages = []
-    for offset, (kind, record, packed) in enumerate(inputs):
-        value = CODEC.encode(POST if kind == KIND_POST else OBJECTION, record)
-        messages.append(_message(kind, value, offset, record["user_id"], packed))
-    processor.process(messages)
+    processor.process(_messages(inputs))
     assert calls == [0, 3]
     reasons = [(k, n) for k, n in sorted(processor.metrics.decisions.items())]
     assert reasons == [
@@ -142,7 +154,6 @@ def test_the_fast_path_decides_current_posts_and_leaves_the_rest():
 
 def _refused_once(use_native: bool) -> tuple:
     """Two posts; the broker client refuses the second one's Decision (once)."""
-    processor, out = _gate(True, load_policy())
     armed = []
 
     def refuse_decisions(topic: str) -> None:
@@ -150,18 +161,15 @@ def _refused_once(use_native: bool) -> tuple:
             armed.clear()
             raise ValueError("refused")
 
-    raw, produce = out.raw_produce, out.produce
-    out.raw_produce = lambda t, v, k, p=None: (refuse_decisions(t), raw(t, v, k, p))
-    out.produce = lambda t, k, v, p=None, headers=None: (
-        refuse_decisions(t) if headers is None else None,
-        produce(t, k, v, p, headers),
-    )
-    if use_native:
-        processor._fast = native.make_fast_gate(processor)
-        processor._fast.fixed_now = NOW
-    else:
-        processor._fast = False
-    processor.offsets.start(0, 0)
+    def refusing(out: Any) -> None:
+        raw, produce = out.raw_produce, out.produce
+        out.raw_produce = lambda t, v, k, p=None: (refuse_decisions(t), raw(t, v, k, p))
+        out.produce = lambda t, k, v, p=None, headers=None: (
+            refuse_decisions(t) if headers is None else None,
+            produce(t, k, v, p, headers),
+        )
+
+    processor, out = _gate_with(use_native, load_policy(), refusing)
     first = _message(KIND_POST, CODEC.encode(POST, {**POST_RECORD, "post_id": "p0"}), 0, "u1")
     second = _message(KIND_POST, CODEC.encode(POST, POST_RECORD), 1, "u1")
     processor.process([first])  # opens the tables (Python)

@@ -47,6 +47,7 @@ from .offsets import Admit, OffsetTracker
 from .outputs import OutputProducer
 from .policy import Outcome, Policy
 from .records import (
+    DLQ_REFERENCE,
     KIND,
     KIND_OBJECTION,
     KIND_POST,
@@ -59,12 +60,17 @@ from .records import (
     check_objection,
     check_post,
     check_post_fields,
+    dlq_record_size,
     forwarded,
+    partition_for_user,
 )
 from .settings import Settings
 
 log = logging.getLogger("streams.enforcer")
 REPOSITION_RETRY = 5.0  # seconds before asking again to seek a partition
+# what a TrainingRecord may add to its post's bytes (policy version, times, framing) and
+# a record's key and headers take: a post up to the record limit less this is republished
+RECORD_OVERHEAD = 8192
 
 
 class Processor:
@@ -100,6 +106,9 @@ class Processor:
         self._splices: Any = None  # _make_splices: None until made, False if not possible
         self._fast: Any = None  # native.make_fast_gate: None until made, False if not used
         self._fast_keys = native.decision_keys()
+        # a post longer than this cannot be republished (its TrainingRecord would be over
+        # the producer's record limit): it goes to the DLQ before any side effect
+        self.max_post_bytes = settings.max_record_bytes - RECORD_OVERHEAD
 
     # -- readiness -----------------------------------------------------------------
     def ready(self) -> bool:
@@ -178,6 +187,20 @@ class Processor:
         )
         self.dlq(message, f"internal error: {type(exc).__name__}")
 
+    def output_failed(self, message: Any, exc: BaseException) -> None:
+        """An output record of an input could not be produced after its first side
+        effect (the ledger entry of a post about to be published): the input must be
+        processed again, so the worker stops before its offset is committed."""
+        log.critical(
+            "cannot write the outputs of %s[%d]@%d; exiting so that it is processed again",
+            message.topic,
+            message.partition,
+            message.offset,
+            exc_info=exc,
+        )
+        logging.shutdown()
+        os._exit(70)
+
     def process_one(self, message: Any) -> None:
         """Process one internal record (records of a partition come in offset order)."""
         partition = message.partition
@@ -250,12 +273,12 @@ class Processor:
             ]
         self.metrics.dlq[source[0][1].decode("utf-8", "replace")] += 1
         log.warning("DLQ %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason)
-        self.outputs.produce(
-            self.settings.dlq_topic,
-            key,
-            message.value,
-            headers=[*own, ("error", reason.encode("utf-8", "replace")), *source],
-        )
+        error = ("error", reason.encode("utf-8", "replace"))
+        value, headers = message.value, [*own, error, *source]
+        size = dlq_record_size(key, value, headers)
+        if size > self.settings.max_record_bytes:
+            key, value, headers = None, None, [error, *source, (DLQ_REFERENCE, str(size).encode())]
+        self.outputs.produce(self.settings.dlq_topic, key, value, headers=headers)
 
     def gate(self, message: Any) -> None:
         """Decide a post, apply an objection event or answer a replay request."""
@@ -273,6 +296,14 @@ class Processor:
             except (AttributeError, TypeError, ValueError):
                 source = Source(message.topic, message.partition, message.offset)
         scanned, fields, record = None, None, None
+        value = message.value
+        if value is not None and len(value) > self.max_post_bytes:
+            # checked before anything else: nothing this large can be republished, and a
+            # record refused by the producer must not stop the worker on every restart
+            self.dlq(
+                message, f"record too large: {len(value)} bytes (at most {self.max_post_bytes})"
+            )
+            return
         try:
             if kind == KIND_POST and self._pick_post_fields and self._splices is not False:
                 scanned = self.codec.scan(message.value, POST)  # None: decode it
@@ -290,9 +321,19 @@ class Processor:
         except DecodeError as exc:
             self.dlq(message, str(exc))
             return
+        user_id = fields[1] if fields is not None else record["user_id"]
+        home = partition_for_user(user_id.encode("utf-8"), self.settings.partitions)
+        if home != message.partition:
+            # its user's state is on another partition: deciding here would read none of
+            # it (a replay or a producer that partitioned by another count)
+            self.dlq(
+                message,
+                f"record of a user of partition {home} arrived on partition {message.partition}",
+            )
+            return
         if kind == KIND_OBJECTION:
             try:
-                self._on_objection(record, source, message.partition)
+                self._on_objection(record, source, message)
             except Exception:
                 # An objection must never be skipped: stop before its offset is committed,
                 # so that it is processed again after restart (fail closed).
@@ -308,7 +349,7 @@ class Processor:
             if kind == KIND_POST:
                 self._on_post(record, source, message)
             else:
-                self._on_replay(record, source, headers or {}, message.partition)
+                self._on_replay(record, source, headers or {}, message)
         except Exception as exc:  # a post that cannot be decided is not published
             log.exception("cannot decide post at %s", source)
             self.dlq(message, f"internal error: {type(exc).__name__}")
@@ -337,17 +378,24 @@ class Processor:
         if outcome is Outcome.RETRACTED:
             return False
         now = _now_ms()
-        s, data, produce = self.settings, message.value, self.outputs.produce
+        s, data = self.settings, message.value
         key = post_id.encode()
-        if outcome is Outcome.PUBLISHED:
-            training = splices[0]
-            produce(s.training_topic, key, training(data, starts, *training_values(policy, now)))
         assert outcome is not None  # live traffic always gets a decision
         values = decision_values(outcome, reason, policy, now, source, None)
-        produce(s.decisions_topic, key, splices[1](data, starts, *values))
-        self.metrics.decisions[values[:2]] += 1  # (outcome, reason)
+        decision = splices[1](data, starts, *values)
         if outcome is Outcome.PUBLISHED:
+            training = splices[0](data, starts, *training_values(policy, now))
+            # in the ledger before it is published, so that it is always retractable
             self.ledger.add(partition, user_id, post_id, platform)
+            outputs = ((s.training_topic, training), (s.decisions_topic, decision))
+        else:
+            outputs = ((s.decisions_topic, decision),)
+        try:
+            for topic, value in outputs:
+                self.outputs.produce(topic, key, value)
+        except Exception as exc:
+            self.output_failed(message, exc)
+        self.metrics.decisions[values[:2]] += 1  # (outcome, reason)
         if message.timestamp:
             sent = message.timestamp * self._timestamp_scale
             self.metrics.observe_latency(max(0.0, now / 1000.0 - sent))
@@ -376,19 +424,21 @@ class Processor:
         state = self._state(partition, user_id)
         now = _now_ms()
         live = self.ledger.is_live(partition, user_id, post["post_id"])
-        self._emit(on_post(self.policy, post, state, live, now, source), user_id, partition)
+        self._emit(
+            on_post(self.policy, post, state, live, now, source), user_id, partition, message
+        )
         if message.timestamp:
             sent = message.timestamp * self._timestamp_scale
             self.metrics.observe_latency(max(0.0, now / 1000.0 - sent))
 
     def _on_replay(
-        self, post: dict[str, Any], source: Source, headers: dict[str, bytes], partition: int
+        self, post: dict[str, Any], source: Source, headers: dict[str, bytes], message: Any
     ) -> None:
         """Re-decide a past post under the current state and policy; emit only changes
         (nothing at all in a dry run), and answer the replay command."""
         replay_id = headers.get(REPLAY_ID, b"").decode() or "unknown"
         dry_run = headers.get(REPLAY_DRY_RUN) == b"1"
-        user_id, post_id = post["user_id"], post["post_id"]
+        user_id, post_id, partition = post["user_id"], post["post_id"], message.partition
         state = self._state(partition, user_id)
         live = self.ledger.is_live(partition, user_id, post_id)
         fx = on_post(self.policy, post, state, live, _now_ms(), source, replay_id)
@@ -400,7 +450,7 @@ class Processor:
             change = "UNCHANGED"
             reason = self.policy.reason(post, state.objected(post["platform"])).value
         if not dry_run:
-            self._emit(fx, user_id, partition)
+            self._emit(fx, user_id, partition, message)
         answer = {
             "replay_id": replay_id,
             "post_id": post_id,
@@ -414,48 +464,61 @@ class Processor:
             self.settings.replay_results_topic, replay_id.encode(), json.dumps(answer).encode()
         )
 
-    def _on_objection(self, event: dict[str, Any], source: Source, partition: int) -> None:
-        user_id = event["user_id"]
+    def _on_objection(self, event: dict[str, Any], source: Source, message: Any) -> None:
+        user_id, partition = event["user_id"], message.partition
         state = self._state(partition, user_id)
         live = self.ledger.live_posts(partition, user_id)
-        new_state, fx = on_objection(self.policy, state, event, live, _now_ms(), source)
-        self._emit(fx, user_id, partition)
+        new_state, fx = on_objection(
+            self.policy, state, event, live, _now_ms(), source, self.settings.max_clock_skew_ms
+        )
+        if fx.clamped_from is not None:
+            self.metrics.clamped_events += 1
+            log.warning(
+                "objection event %s of %s[%d]@%d is dated %d ms ahead; applied at the time read",
+                event["event_id"][:100],
+                source.topic,
+                source.partition,
+                source.offset,
+                fx.clamped_from - _now_ms(),
+            )
+        self._emit(fx, user_id, partition, message)
         # always written, even when unchanged, so that the changelog converges after a crash
         self.consent.put(partition, user_id.encode("utf-8"), encode_state(new_state))
         self.metrics.objections[event["action"]] += 1
 
-    def _emit(self, fx: Effects, user_id: str, partition: int) -> None:
-        """Write the effects' records, then the ledger (whose removals are held until the
-        tombstones are acknowledged: ``Ledger.settle``)."""
+    def _emit(self, fx: Effects, user_id: str, partition: int, message: Any) -> None:
+        """Carry out the effects of ``message``: encode every record, add published posts
+        to the ledger (a published post is always retractable), produce the records
+        (a failure then stops the worker: ``output_failed``), and hold the ledger's
+        removals until the tombstones are acknowledged (``Ledger.settle``)."""
         if fx.empty:
             return
-        s, enc, produce = self.settings, self.codec.encode, self.outputs.produce
-        for record in fx.publish:
-            produce(
-                s.training_topic,
-                record["post_id"].encode(),
-                enc(TRAINING_RECORD, record, s.training_topic),
-            )
-        for post_id in fx.tombstones:
-            produce(s.training_topic, post_id.encode(), None)
-        for record in fx.retractions:
-            produce(
-                s.retractions_topic,
-                record["user_id"].encode(),
-                enc(RETRACTION, record, s.retractions_topic),
-            )
+        s, enc = self.settings, self.codec.encode
+        records: list[tuple[str, bytes, bytes | None]] = [
+            (s.training_topic, r["post_id"].encode(), enc(TRAINING_RECORD, r, s.training_topic))
+            for r in fx.publish
+        ]
+        records += [(s.training_topic, post_id.encode(), None) for post_id in fx.tombstones]
+        records += [
+            (s.retractions_topic, r["user_id"].encode(), enc(RETRACTION, r, s.retractions_topic))
+            for r in fx.retractions
+        ]
+        records += [
+            (s.decisions_topic, r["post_id"].encode(), enc(DECISION, r, s.decisions_topic))
+            for r in fx.decisions
+        ]
+        for post_id, platform in fx.ledger_add.items():
+            self.ledger.add(partition, user_id, post_id, platform)
+        try:
+            for topic, key, value in records:
+                self.outputs.produce(topic, key, value)
+        except Exception as exc:
+            self.output_failed(message, exc)
         for record in fx.decisions:
-            produce(
-                s.decisions_topic,
-                record["post_id"].encode(),
-                enc(DECISION, record, s.decisions_topic),
-            )
             self.metrics.decisions[(record["outcome"], record["reason"])] += 1
         if fx.tombstones:
             self.metrics.retractions += len(fx.retractions)
             self.metrics.retracted_posts += len(fx.tombstones)
-        for post_id, platform in fx.ledger_add.items():
-            self.ledger.add(partition, user_id, post_id, platform)
         for post_id in fx.ledger_remove:
             self.ledger.remove(partition, user_id, post_id)
 

@@ -35,6 +35,9 @@ class Effects:
     decisions: list[dict[str, Any]] = field(default_factory=list)  # Decision, key post_id
     ledger_add: dict[str, str] = field(default_factory=dict)  # post id -> platform
     ledger_remove: list[str] = field(default_factory=list)
+    # an objection event dated too far in the future: the occurred_at it gave (it was
+    # applied at the time it was read instead)
+    clamped_from: int | None = None
 
     @property
     def empty(self) -> bool:
@@ -154,6 +157,38 @@ def _retraction(
     }
 
 
+# post ids per Retraction record, in UTF-8 bytes: a user with tens of thousands of live
+# posts who objects gets several Retraction records, each well under a record's limit
+RETRACTION_IDS_BYTES = 256 * 1024
+
+
+def retraction_chunks(post_ids: list[str], limit: int = RETRACTION_IDS_BYTES) -> list[list[str]]:
+    """``post_ids`` in order, split into runs whose ids take at most ``limit`` bytes
+    (a single longer id is a run of its own)."""
+    chunks: list[list[str]] = []
+    current: list[str] = []
+    size = 0
+    for post_id in post_ids:
+        n = len(post_id.encode("utf-8")) + 4  # Avro's length prefix, at most
+        if current and size + n > limit:
+            chunks.append(current)
+            current, size = [], 0
+        current.append(post_id)
+        size += n
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def as_applied(event: Mapping[str, Any], now: int, max_skew_ms: int) -> Mapping[str, Any]:
+    """The event as it is applied: one dated more than ``max_skew_ms`` after ``now`` (the
+    time it is read) is applied at ``now``, so that a wrong clock or a forged date
+    cannot win over every later event."""
+    if int(event["occurred_at"]) > now + max_skew_ms:
+        return {**event, "occurred_at": now}
+    return event
+
+
 def _objection_cause(state: ConsentState, platform: str) -> str:
     """The event id of the objection in force on ``platform``."""
     marks = [m for m in (state.marks.get(platform), state.marks.get(ALL)) if m is not None]
@@ -208,14 +243,22 @@ def on_objection(
     live_posts: Mapping[str, str],
     now: int,
     source: Source,
+    max_skew_ms: int | None = None,
 ) -> tuple[ConsentState, Effects]:
-    """Apply an objection event; retract every live post on a platform now objected.
+    """Apply an objection event (``as_applied`` at ``now`` when ``max_skew_ms`` is
+    given); retract every live post on a platform now objected, in Retraction records
+    of at most ``RETRACTION_IDS_BYTES`` of post ids each.
 
     The retraction is derived from the resulting state, not from the transition, so
     re-processing an event after a crash retracts whatever is still live.
     """
-    new_state = apply(state, event)
     fx = Effects()
+    if max_skew_ms is not None:
+        applied = as_applied(event, now, max_skew_ms)
+        if applied is not event:
+            fx.clamped_from = int(event["occurred_at"])
+            event = applied
+    new_state = apply(state, event)
     retract = sorted(pid for pid, plat in live_posts.items() if new_state.objected(plat))
     if retract:
         user_id = event["user_id"]
@@ -224,7 +267,10 @@ def on_objection(
             platforms = set()  # the event covered every platform
         fx.tombstones.extend(retract)
         fx.ledger_remove.extend(retract)
-        fx.retractions.append(_retraction(user_id, event["event_id"], platforms, retract, now))
+        fx.retractions.extend(
+            _retraction(user_id, event["event_id"], platforms, chunk, now)
+            for chunk in retraction_chunks(retract)
+        )
         fx.decisions.extend(
             _decision(pid, user_id, Outcome.RETRACTED, Reason.OBJECTED, policy, now, source, None)
             for pid in retract

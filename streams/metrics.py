@@ -6,6 +6,12 @@ import bisect
 from collections import Counter
 from typing import Any
 
+
+def label(value: str) -> str:
+    """A label value escaped as the Prometheus text format requires."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -19,6 +25,9 @@ class Metrics:
         self.retracted_posts = 0
         self.inputs: Counter[str] = Counter()
         self.objections: Counter[str] = Counter()
+        self.clamped_events = 0  # objection events dated too far ahead, applied when read
+        # input records lost to retention before they were processed, by topic
+        self.skipped_records: Counter[str] = Counter()
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
         self.latency_n = 0
@@ -52,26 +61,38 @@ class Metrics:
             "# TYPE enforcer_decisions_total counter",
         ]
         for (outcome, reason), n in sorted(self.decisions.items()):
-            out.append(f'enforcer_decisions_total{{outcome="{outcome}",reason="{reason}"}} {n}')
+            labels = f'outcome="{label(outcome)}",reason="{label(reason)}"'
+            out.append(f"enforcer_decisions_total{{{labels}}} {n}")
         out += [
             "# HELP enforcer_dlq_total Records sent to the dead-letter topic, by source topic.",
             "# TYPE enforcer_dlq_total counter",
         ]
         for topic, n in sorted(self._with_stage(self.dlq, "dlq").items()):
-            out.append(f'enforcer_dlq_total{{source_topic="{topic}"}} {n}')
+            out.append(f'enforcer_dlq_total{{source_topic="{label(topic)}"}} {n}')
         out += [
             "# HELP enforcer_inputs_total Input records read, by kind.",
             "# TYPE enforcer_inputs_total counter",
         ]
         for kind, n in sorted(self._with_stage(self.inputs, "inputs").items()):
-            out.append(f'enforcer_inputs_total{{kind="{kind}"}} {n}')
+            out.append(f'enforcer_inputs_total{{kind="{label(kind)}"}} {n}')
         out += [
             "# HELP enforcer_objection_events_total Objection events applied to the consent "
             "table, by action.",
             "# TYPE enforcer_objection_events_total counter",
         ]
         for action, n in sorted(self.objections.items()):
-            out.append(f'enforcer_objection_events_total{{action="{action}"}} {n}')
+            out.append(f'enforcer_objection_events_total{{action="{label(action)}"}} {n}')
+        out += [
+            "# HELP enforcer_clamped_objection_events_total Objection events dated more than "
+            "the allowed clock skew ahead, applied at the time they were read.",
+            "# TYPE enforcer_clamped_objection_events_total counter",
+            f"enforcer_clamped_objection_events_total {self.clamped_events}",
+            "# HELP enforcer_skipped_records_total Input records deleted by retention before "
+            "they were processed, by topic (skipped: posts always, others only when accepted).",
+            "# TYPE enforcer_skipped_records_total counter",
+        ]
+        for topic, n in sorted(self._with_stage(self.skipped_records, "skipped").items()):
+            out.append(f'enforcer_skipped_records_total{{topic="{label(topic)}"}} {n}')
         out += [
             "# HELP enforcer_retractions_total Retraction records written.",
             "# TYPE enforcer_retractions_total counter",

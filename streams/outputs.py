@@ -35,6 +35,8 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         "queue.buffering.max.messages": 500000,
         "queue.buffering.max.kbytes": 262144,
         "compression.type": "none",
+        # records are checked against this before anything is produced (agents, rekey)
+        "message.max.bytes": settings.max_record_bytes,
         "log_level": 3,
     }
 

@@ -25,6 +25,11 @@ SRC_TOPIC, SRC_PARTITION, SRC_OFFSET = "source.topic", "source.partition", "sour
 SRC_KEY = "source.key"  # the input's key (internal records only; null for a null key)
 KIND_POST, KIND_OBJECTION, KIND_REPLAY = b"post", b"objection", b"replay"
 REPLAY_ID, REPLAY_DRY_RUN = "replay.id", "replay.dry_run"
+# on a DLQ record whose input was too large to send again: the input's size in bytes
+# (the record then has no key and no value, only its error and source.* headers)
+DLQ_REFERENCE = "dlq.reference.bytes"
+# what a record takes on the wire besides its key, value and headers, at most
+RECORD_FRAMING = 512
 _COUNTRY = re.compile(r"[A-Z]{2}\Z")
 
 
@@ -130,3 +135,13 @@ def check_objection(event: Mapping[str, Any]) -> None:
 def partition_for_user(user_key: bytes, partitions: int) -> int:
     """The internal partition of a user: ``murmur2(key) & 0x7fffffff % partitions``."""
     return (murmur2(user_key) & 0x7FFFFFFF) % partitions
+
+
+def dlq_record_size(key: bytes | None, value: bytes | None, headers: Sequence) -> int:
+    """An upper bound of a DLQ record's size as the producer counts it."""
+    return (
+        RECORD_FRAMING
+        + len(key or b"")
+        + len(value or b"")
+        + sum(len(name) + len(data or b"") + 10 for name, data in headers)
+    )

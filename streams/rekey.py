@@ -33,11 +33,19 @@ import sys
 import time
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from .codec import OBJECTION, POST, Codec, DecodeError
 from .outputs import producer_config
 from .records import (
+    DLQ_REFERENCE,
     KIND_OBJECTION,
     KIND_POST,
     SOURCE,
@@ -45,6 +53,7 @@ from .records import (
     SRC_PARTITION,
     SRC_TOPIC,
     check_user_id,
+    dlq_record_size,
     pack_source,
     source_prefix,
 )
@@ -53,6 +62,8 @@ from .settings import Settings
 log = logging.getLogger("streams.rekey")
 
 BATCH = 5000
+# the packed source header of a forwarded record, at most (its topic name and key vary)
+SOURCE_HEADER_BYTES = 2048
 COMMIT_INTERVAL = 1.0  # seconds between flush-and-commit
 
 
@@ -63,7 +74,9 @@ def rekey_consumer_config(settings: Settings) -> dict[str, Any]:
         "group.id": f"{settings.app_id}-rekey",
         "group.instance.id": f"{settings.instance_id}-rekey",
         "enable.auto.commit": False,
-        "auto.offset.reset": "earliest",
+        # where a partition starts is set on assignment (``Rekeyer._start_positions``); a
+        # position that retention deleted while the stage read is reported, not skipped
+        "auto.offset.reset": "error",
         "isolation.level": "read_committed",
         "fetch.wait.max.ms": 10,
         "fetch.min.bytes": settings.fetch_min_bytes,
@@ -80,6 +93,11 @@ def rekey_consumer_config(settings: Settings) -> dict[str, Any]:
 
 # shared counters of the stage, read by the worker's /metrics
 INPUT_POSTS, INPUT_OBJECTIONS, DLQ_POSTS, DLQ_OBJECTIONS = range(4)
+SKIPPED_POSTS, SKIPPED_OBJECTIONS = range(4, 6)
+
+
+class DataLossError(Exception):
+    """Input records that must not be skipped were deleted before they were processed."""
 
 
 class RekeyStage:
@@ -91,7 +109,7 @@ class RekeyStage:
         self.settings = settings
         self.stopping = ctx.Event()
         self.assigned = ctx.Event()
-        self.counts = ctx.Array("q", 4, lock=False)  # written by the child only
+        self.counts = ctx.Array("q", 6, lock=False)  # written by the child only
         self.process = ctx.Process(
             target=run_stage,
             args=(settings, self.stopping, self.assigned, self.counts),
@@ -127,6 +145,14 @@ class RekeyStage:
         return {
             s.posts_topic: self.counts[DLQ_POSTS],
             s.objections_topic: self.counts[DLQ_OBJECTIONS],
+        }
+
+    def skipped(self) -> dict[str, int]:
+        """Input records deleted by retention before they were forwarded, by topic."""
+        s = self.settings
+        return {
+            s.posts_topic: self.counts[SKIPPED_POSTS],
+            s.objections_topic: self.counts[SKIPPED_OBJECTIONS],
         }
 
 
@@ -179,7 +205,10 @@ class Rekeyer:
         }
         # per input (topic, partition): the start of its SOURCE header (source_prefix)
         self._source_prefixes: dict[tuple[str, int], tuple[bytes, bytes, bytes]] = {}
-        self._counted = [0, 0, 0, 0]  # this batch's counts, added to ``counts`` after it
+        self._counted = [0] * 6  # this batch's counts, added to ``counts`` after it
+        # per input (topic, partition): the offset after the last record forwarded or
+        # sent to the DLQ, the only offsets ever committed
+        self._done: dict[tuple[str, int], int] = {}
         self._dlq_slot = {
             settings.posts_topic: DLQ_POSTS,
             settings.objections_topic: DLQ_OBJECTIONS,
@@ -192,6 +221,10 @@ class Rekeyer:
         sees it and stops too)."""
         try:
             self._loop()
+        except DataLossError as exc:
+            log.critical("%s", exc)
+            logging.shutdown()
+            os._exit(70)
         except Exception:
             log.critical("the re-keying stage failed; exiting", exc_info=True)
             logging.shutdown()
@@ -220,40 +253,46 @@ class Rekeyer:
         internal = s.user_events_topic
 
         def commit(partitions: list | None = None) -> None:
-            # only what the broker has: every record consumed so far was forwarded
+            # only what the broker has: the offsets after records forwarded (or sent to
+            # the DLQ) and acknowledged, never a consumer position, which can be ahead
+            # of records fetched but not yet forwarded
             if producer.flush(60) or self._failure:
                 raise KafkaException(f"records not delivered: {self._failure or 'timeout'}")
+            wanted = None if partitions is None else {(tp.topic, tp.partition) for tp in partitions}
+            done = [
+                TopicPartition(topic, partition, offset)
+                for (topic, partition), offset in self._done.items()
+                if wanted is None or (topic, partition) in wanted
+            ]
             try:
-                if partitions is None:
-                    consumer.commit(asynchronous=False)
-                else:
-                    known = [tp for tp in consumer.position(partitions) if tp.offset >= 0]
-                    if known:
-                        consumer.commit(offsets=known, asynchronous=False)
-            except KafkaException as exc:  # e.g. nothing consumed yet, or a rebalance
-                if exc.args[0].code() != KafkaError._NO_OFFSET:
-                    log.warning("commit failed (%s); records may be forwarded again", exc)
+                if done:
+                    consumer.commit(offsets=done, asynchronous=False)
+            except KafkaException as exc:  # e.g. a rebalance
+                log.warning("commit failed (%s); records may be forwarded again", exc)
+
+        def on_assign(_consumer: Consumer, partitions: list) -> None:
+            consumer.incremental_assign(self._start_positions(consumer, partitions))
+            self.assigned.set()
 
         def on_revoke(_consumer: Consumer, revoked: list) -> None:
             commit(revoked)  # the next owner starts after what was forwarded
+            for tp in revoked:
+                self._done.pop((tp.topic, tp.partition), None)
 
-        consumer.subscribe(
-            s.input_topics, on_assign=lambda c, ps: self.assigned.set(), on_revoke=on_revoke
-        )
+        consumer.subscribe(s.input_topics, on_assign=on_assign, on_revoke=on_revoke)
         next_commit = time.monotonic() + COMMIT_INTERVAL
         clean = False
         try:
             while not self.stopping.is_set():
                 # consume(n, timeout) waits for n records or the timeout: at low rates that
                 # is pure latency. Wait for the first record only, then take what is there.
+                # ``first`` is handled before consume() is called: a revocation served in
+                # there commits what was handled so far, and nothing else (``_done``)
                 first = consumer.poll(0.1)
                 if first is not None:
-                    for msg in (first, *consumer.consume(BATCH - 1, timeout=0)):
-                        if msg.error():
-                            if msg.error().code() != KafkaError._PARTITION_EOF:
-                                log.warning("consumer error: %s", msg.error().str())
-                            continue
-                        self._forward(msg, producer, internal)
+                    self._handle(consumer, first, producer, internal)
+                    for msg in consumer.consume(BATCH - 1, timeout=0):
+                        self._handle(consumer, msg, producer, internal)
                     producer.poll(0)
                     self._publish_counts()
                 if self._failure:
@@ -267,6 +306,58 @@ class Rekeyer:
             if not clean:
                 producer.flush(30)
             consumer.close()
+
+    def _handle(self, consumer: Consumer, msg: Message, producer: Producer, internal: str) -> None:
+        """Forward one consumed record, or act on a consumer error."""
+        error = msg.error()
+        if error is None:
+            self._forward(msg, producer, internal)
+            self._done[(msg.topic(), msg.partition())] = msg.offset() + 1
+        elif error.code() == KafkaError._AUTO_OFFSET_RESET:
+            # the next record to read was deleted by retention while the stage read
+            tp = TopicPartition(msg.topic(), msg.partition())
+            low, _ = consumer.get_watermark_offsets(tp, timeout=30)
+            start = self._done.get((tp.topic, tp.partition))
+            if start is None:
+                start = consumer.committed([tp], timeout=30)[0].offset
+            tp.offset = self._skip_gap(tp.topic, tp.partition, max(start, 0), low)
+            consumer.seek(tp)
+        elif error.code() != KafkaError._PARTITION_EOF:
+            log.warning("consumer error: %s", error.str())
+
+    def _start_positions(self, consumer: Consumer, partitions: list) -> list:
+        """Where newly assigned input partitions start: the committed offset, or the
+        beginning for a partition never committed; a committed offset that retention
+        has deleted past is a gap (``_skip_gap``)."""
+        positions = []
+        for tp in consumer.committed(partitions, timeout=30):
+            low, _ = consumer.get_watermark_offsets(tp, timeout=30)
+            if tp.offset < 0:  # never committed: from the beginning
+                tp.offset = low
+            elif tp.offset < low:
+                tp.offset = self._skip_gap(tp.topic, tp.partition, tp.offset, low)
+            positions.append(tp)
+        return positions
+
+    def _skip_gap(self, topic: str, partition: int, lost_from: int, earliest: int) -> int:
+        """Records ``lost_from`` to ``earliest - 1`` were deleted by retention before they
+        were forwarded. Skipping posts is safe (none is published), and is counted; a
+        skipped objection event could be a leak, so the stage stops unless the operator
+        accepted data loss (``--accept-data-loss``). Returns where to resume."""
+        if lost_from >= earliest:
+            return lost_from
+        lost = earliest - lost_from
+        where = f"{topic}[{partition}] offsets {lost_from} to {earliest - 1} ({lost} records)"
+        if topic == self.settings.objections_topic and not self.settings.accept_data_loss:
+            raise DataLossError(
+                f"{where} were deleted by retention before they were processed; "
+                "objection events may be lost: stopping (run with --accept-data-loss to "
+                "skip them)"
+            )
+        log.error("%s were deleted by retention before they were processed; skipped", where)
+        slot = SKIPPED_POSTS if topic == self.settings.posts_topic else SKIPPED_OBJECTIONS
+        self.counts[slot] += lost
+        return earliest
 
     def _forward(self, msg: Message, producer: Producer, internal: str) -> None:
         topic, value = msg.topic(), msg.value()
@@ -285,6 +376,11 @@ class Rekeyer:
         except Exception as exc:  # never let one record stop the worker
             self._dlq(msg, producer, f"cannot read record: {type(exc).__name__}")
             return
+        own = msg.headers()
+        size = dlq_record_size(user_id.encode(), value, own or ())
+        if size > self.settings.max_record_bytes - SOURCE_HEADER_BYTES:
+            self._dlq(msg, producer, f"record too large: {size} bytes")
+            return
         self._counted[slot] += 1
         partition = msg.partition()
         prefix = self._source_prefixes.get((topic, partition))
@@ -293,7 +389,6 @@ class Rekeyer:
                 kind, topic, partition
             )
         header = (SOURCE, pack_source(prefix, msg.offset(), msg.key()))
-        own = msg.headers()
         # the input's own headers first, ours last (records.forwarded)
         headers = [*own, header] if own else [header]
         _, timestamp = msg.timestamp()
@@ -310,14 +405,17 @@ class Rekeyer:
     def _dlq(self, msg: Message, producer: Producer, reason: str) -> None:
         self._counted[self._dlq_slot[msg.topic()]] += 1
         log.warning("DLQ %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), reason)
-        headers = [
-            *(msg.headers() or []),
-            ("error", reason.encode("utf-8", "replace")),
+        error = ("error", reason.encode("utf-8", "replace"))
+        source = [
             (SRC_TOPIC, msg.topic().encode()),
             (SRC_PARTITION, str(msg.partition()).encode()),
             (SRC_OFFSET, str(msg.offset()).encode()),
         ]
-        self._produce(producer, self.settings.dlq_topic, msg.value(), msg.key(), headers, None)
+        key, value, headers = msg.key(), msg.value(), [*(msg.headers() or []), error, *source]
+        size = dlq_record_size(key, value, headers)
+        if size > self.settings.max_record_bytes:  # a reference to the input instead
+            key, value, headers = None, None, [error, *source, (DLQ_REFERENCE, str(size).encode())]
+        self._produce(producer, self.settings.dlq_topic, value, key, headers, None)
 
     @staticmethod
     def _produce(

@@ -32,7 +32,7 @@ TOPIC_FLAGS = {
     "dlq_topic": ("--dlq-topic", "ENFORCER_DLQ_TOPIC", "enforcer-dlq"),
 }
 
-_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
 
 
 class SettingsError(ValueError):
@@ -63,6 +63,19 @@ class Settings:
     # serve (measured trade-offs in docs/operations.md, "Tuning")
     linger_ms: int = 5
     fetch_min_bytes: int = 65536
+    # the largest record the worker writes (librdkafka's message.max.bytes; the broker's
+    # default limit is slightly above): larger inputs go to the DLQ as a reference
+    max_record_bytes: int = 1_000_000
+    # an objection event dated more than this after the time it is read is applied at
+    # the time it is read
+    max_clock_skew_ms: int = 5 * 60 * 1000
+    # records of the objections topic or an internal topic deleted by retention before
+    # they were processed: stop (the default), or skip them, counted and logged
+    accept_data_loss: bool = False
+    # how long tombstones stay on training-ingest for downstream consumers to see, and
+    # how long the DLQ (which holds post content) keeps records
+    tombstone_retention_ms: int = 7 * 86_400_000
+    dlq_retention_ms: int = 7 * 86_400_000
 
     # -- internal topics, named after the application id like Kafka Streams does --
     @property
@@ -158,6 +171,37 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="bytes a fetch waits for (at most 10 ms) [ENFORCER_FETCH_MIN_BYTES, default 65536]",
     )
+    g.add_argument(
+        "--max-record-bytes",
+        type=int,
+        help="largest record the worker writes; larger inputs go to the DLQ "
+        "[ENFORCER_MAX_RECORD_BYTES, default 1000000]",
+    )
+    g.add_argument(
+        "--max-clock-skew-ms",
+        type=int,
+        help="an objection event dated further ahead than this is applied when read "
+        "[ENFORCER_MAX_CLOCK_SKEW_MS, default 300000]",
+    )
+    g.add_argument(
+        "--accept-data-loss",
+        action="store_true",
+        default=None,
+        help="skip (count and log) objection or internal records deleted by retention "
+        "before they were processed, instead of stopping [ENFORCER_ACCEPT_DATA_LOSS=1]",
+    )
+    g.add_argument(
+        "--tombstone-retention-ms",
+        type=int,
+        help="delete.retention.ms of created training-ingest topics "
+        "[ENFORCER_TOMBSTONE_RETENTION_MS, default 7 days]",
+    )
+    g.add_argument(
+        "--dlq-retention-ms",
+        type=int,
+        help="retention.ms of a created DLQ topic (it holds post content; -1: forever) "
+        "[ENFORCER_DLQ_RETENTION_MS, default 7 days]",
+    )
     for attr, (flag, env, default) in TOPIC_FLAGS.items():
         g.add_argument(flag, dest=attr, help=f"[{env}, default {default}]")
 
@@ -183,6 +227,18 @@ def from_args(args: argparse.Namespace) -> Settings:
     linger = linger if linger is not None else _env_int("ENFORCER_LINGER_MS")
     min_bytes = getattr(args, "fetch_min_bytes", None)
     min_bytes = min_bytes if min_bytes is not None else _env_int("ENFORCER_FETCH_MIN_BYTES")
+
+    def number(attr: str, env_name: str) -> int:
+        value = getattr(args, attr, None)
+        value = value if value is not None else _env_int(env_name)
+        return getattr(Settings, attr) if value is None else value
+
+    accept = getattr(args, "accept_data_loss", None)
+    if accept is None:
+        raw = env.get("ENFORCER_ACCEPT_DATA_LOSS", "")
+        if raw not in ("", "0", "1"):
+            raise SettingsError(f"ENFORCER_ACCEPT_DATA_LOSS must be 0 or 1, got {raw!r}")
+        accept = raw == "1"
     app_id = str(pick(args.app_id, "ENFORCER_APP_ID", DEFAULT_APP_ID))
     data_dir = pick(args.data_dir, "ENFORCER_DATA_DIR", None)
     policy = pick(args.policy, "ENFORCER_POLICY", None)
@@ -205,6 +261,11 @@ def from_args(args: argparse.Namespace) -> Settings:
         log_level=str(pick(args.log_level, "ENFORCER_LOG_LEVEL", "info")),
         linger_ms=Settings.linger_ms if linger is None else linger,
         fetch_min_bytes=Settings.fetch_min_bytes if min_bytes is None else min_bytes,
+        max_record_bytes=number("max_record_bytes", "ENFORCER_MAX_RECORD_BYTES"),
+        max_clock_skew_ms=number("max_clock_skew_ms", "ENFORCER_MAX_CLOCK_SKEW_MS"),
+        accept_data_loss=accept,
+        tombstone_retention_ms=number("tombstone_retention_ms", "ENFORCER_TOMBSTONE_RETENTION_MS"),
+        dlq_retention_ms=number("dlq_retention_ms", "ENFORCER_DLQ_RETENTION_MS"),
         **topics,
     )
     validate(settings)
@@ -225,13 +286,25 @@ def validate(s: Settings) -> None:
         raise SettingsError(
             f"--fetch-min-bytes must be between 1 and 16 MiB, got {s.fetch_min_bytes}"
         )
+    if not 64 * 1024 <= s.max_record_bytes <= 1_000_000_000:
+        raise SettingsError(
+            f"--max-record-bytes must be between 65536 and 1000000000, got {s.max_record_bytes}"
+        )
+    if not 0 <= s.max_clock_skew_ms <= 366 * 86_400_000:
+        raise SettingsError(
+            f"--max-clock-skew-ms must be between 0 and a year, got {s.max_clock_skew_ms}"
+        )
+    if s.tombstone_retention_ms < 0:
+        raise SettingsError("--tombstone-retention-ms must not be negative")
+    if s.dlq_retention_ms < -1:
+        raise SettingsError("--dlq-retention-ms must be -1 (forever) or more")
     if s.replication_factor is not None and s.replication_factor < 1:
         raise SettingsError("--replication-factor must be at least 1")
     if not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", s.app_id):
         raise SettingsError(f"--app-id may use letters, digits, '.', '_' and '-': {s.app_id!r}")
     names = [getattr(s, attr) for attr in TOPIC_FLAGS]
     for attr, name in zip(TOPIC_FLAGS, names, strict=True):
-        if not _TOPIC_NAME.match(name):
+        if not _TOPIC_NAME.fullmatch(name):
             raise SettingsError(f"{TOPIC_FLAGS[attr][0]} is not a valid topic name: {name!r}")
     if len(set(names)) != len(names):
         raise SettingsError("every topic flag must name a different topic")

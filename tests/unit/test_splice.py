@@ -193,7 +193,10 @@ def _gate(splicing: bool, policy) -> tuple[Processor, Recorder]:
     out = Recorder()
     consent = TableState(MemoryFaustTable(), "consent-changelog", out)
     ledger = TableState(MemoryFaustTable(), "ledger-changelog", out)
-    processor = Processor(None, Settings(), policy, CODEC, consent, ledger, out, Metrics())
+    # one partition: every user belongs to it (the partition check has tests of its own)
+    processor = Processor(
+        None, Settings(partitions=1), policy, CODEC, consent, ledger, out, Metrics()
+    )
     if not splicing:
         processor._splices = False
     return processor, out
@@ -268,9 +271,9 @@ def test_inputs_forwarded_in_five_headers_by_earlier_versions_give_the_same_reco
         processor.gate(_message(KIND_POST, post[:12], 1, "u1", packed))  # to the DLQ
         runs.append(out.records)
     assert [r[0] for r in runs[0]] == [
+        "ledger-changelog",  # in the ledger before it is published
         Settings().training_topic,
         Settings().decisions_topic,
-        "ledger-changelog",
         Settings().dlq_topic,
     ]
     assert runs[0] == runs[1]
@@ -280,7 +283,8 @@ def test_splicing_is_used_for_current_posts():
     processor, out = _gate(True, load_policy())
     processor.gate(_message(KIND_POST, CODEC.encode(POST, POST_RECORD), 0, "u1"))
     assert processor._splices not in (None, False)
-    (topic, key, value, _, _), decision = out.records[0], out.records[1]
+    ledger, (topic, key, value, _, _), decision = out.records[:3]
+    assert ledger[0] == "ledger-changelog"
     assert (topic, key) == ("training-ingest", b"p1")
     assert CODEC.decode(value, TRAINING_RECORD)[1]["text"] == "hello"
     assert CODEC.decode(decision[2], DECISION)[1]["outcome"] == "PUBLISHED"

@@ -41,7 +41,7 @@ from .enforcement import (
     post_outcome,
     training_values,
 )
-from .ledger import Ledger, TableState
+from .ledger import Ledger, StateNotReady, TableState
 from .metrics import Metrics
 from .offsets import Admit, OffsetTracker
 from .outputs import OutputProducer
@@ -334,6 +334,8 @@ class Processor:
         if kind == KIND_OBJECTION:
             try:
                 self._on_objection(record, source, message)
+            except StateNotReady:
+                raise  # read again once the state is there (process_one)
             except Exception:
                 # An objection must never be skipped: stop before its offset is committed,
                 # so that it is processed again after restart (fail closed).
@@ -350,6 +352,8 @@ class Processor:
                 self._on_post(record, source, message)
             else:
                 self._on_replay(record, source, headers or {}, message)
+        except StateNotReady:
+            raise  # read again once the state is there (process_one)
         except Exception as exc:  # a post that cannot be decided is not published
             log.exception("cannot decide post at %s", source)
             self.dlq(message, f"internal error: {type(exc).__name__}")

@@ -16,7 +16,7 @@ import logging
 import os
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
 from faust.transport import consumer as faust_consumer
@@ -32,11 +32,25 @@ from .outputs import OutputProducer
 from .policy import Policy
 from .rekey import RekeyStage
 from .settings import Settings
-from .topics import admin_client, resume_offset, start_offset
+from .topics import (
+    DataLossError,
+    admin_client,
+    purge_committed,
+    resume_offset,
+    start_offset,
+)
 
 RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 
 log = logging.getLogger(__name__)
+
+
+def stop_worker(line: str) -> NoReturn:
+    """Stop the worker at once with one critical line, exit code 70, and nothing more
+    committed: what was not committed is processed again by the next owner."""
+    log.critical("%s", line)
+    logging.shutdown()
+    os._exit(70)
 
 
 @dataclass
@@ -214,6 +228,7 @@ def raw_table(app: faust.App, settings: Settings, name: str, help_text: str) -> 
 
 
 COMMIT_INTERVAL = 1.0  # seconds between the gate's offset commits
+PURGE_INTERVAL = 30.0  # seconds between deletions of processed internal records
 
 
 class _UnfilteredTopic(defaultdict):
@@ -243,7 +258,7 @@ def wire_offsets(
     app: faust.App,
     settings: Settings,
     processor: Processor,
-    outputs: OutputProducer,
+    metrics: Metrics,
     persist_offsets: Any,
 ) -> None:
     """The gate's own offset management: start positions, seeks after gaps, commits
@@ -252,14 +267,38 @@ def wire_offsets(
     admin = admin_client(settings)
     loop_tasks: set[asyncio.Task] = set()
 
+    def skipped(found: tuple[int, int]) -> int:
+        # records retention deleted before the gate read them (only with
+        # --accept-data-loss; without it the lookup raised DataLossError)
+        offset, lost = found
+        if lost:
+            metrics.skipped_records[topic] += lost
+        return offset
+
+    async def in_executor(function: Any, *args: Any) -> Any:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, function, *args)
+        except DataLossError as exc:  # a gap in the gate's input: fail closed
+            stop_worker(str(exc))
+
     async def lookup_start(partition: int) -> int:
-        return await asyncio.get_running_loop().run_in_executor(
-            None, start_offset, admin, settings.app_id, topic, partition
+        return skipped(
+            await in_executor(
+                start_offset, admin, settings.app_id, topic, partition, settings.accept_data_loss
+            )
         )
 
     async def resume_at(partition: int, offset: int) -> int:
-        return await asyncio.get_running_loop().run_in_executor(
-            None, resume_offset, admin, topic, partition, offset, "the gate"
+        return skipped(
+            await in_executor(
+                resume_offset,
+                admin,
+                topic,
+                partition,
+                offset,
+                "the gate",
+                settings.accept_data_loss,
+            )
         )
 
     async def reposition(partition: int, expected: int | None) -> None:
@@ -287,6 +326,8 @@ def wire_offsets(
     processor.reposition = request
     _unfilter_read_offsets(app.consumer, topic)
 
+    committed: dict[int, int] = {}  # partition -> offset committed, not yet purged
+
     async def commit_now() -> None:
         due = processor.offsets.to_commit()
         if not due:
@@ -295,11 +336,24 @@ def wire_offsets(
         persist_offsets()
         if await app.consumer._commit({TP(topic, p): o for p, o in due.items()}):
             processor.offsets.committed_ok(due)
+            committed.update(due)
 
     @app.timer(COMMIT_INTERVAL)
     async def commit_gate_offsets() -> None:
         processor.retry_repositioning()
         await commit_now()
+
+    @app.timer(PURGE_INTERVAL)
+    async def purge_processed_records() -> None:
+        # the internal topic keeps records until they are processed (topics.py)
+        done = {p: o for p, o in committed.items() if p in processor.offsets.expected}
+        committed.clear()
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                None, purge_committed, admin, topic, done
+            )
+        except Exception as exc:  # purged at the next interval
+            log.warning("could not delete processed records of %s: %s", topic, exc)
 
     # On a clean stop, commit once more after Faust has stopped fetching and before it
     # closes the tables, so that a restart does not decide the last second again.
@@ -364,6 +418,7 @@ def build(
     )
     rekeyer = RekeyStage(settings)
     processor.rekeyer = metrics.stage = rekeyer
+    metrics.codec = codec
 
     # The agent subscribes the worker to the internal topic, which is what makes Faust
     # assign its partitions together with the table partitions. Its records normally
@@ -377,7 +432,7 @@ def build(
     app.agent(user_events, name="gate")(gate)
     if os.environ.get("ENFORCER_DIRECT_DISPATCH", "1") != "0":
         _dispatch_to_gate(app, settings.user_events_topic, processor)
-    wire_offsets(app, settings, processor, outputs, persist_offsets)
+    wire_offsets(app, settings, processor, metrics, persist_offsets)
 
     @app.task
     async def start_rekeying() -> None:

@@ -64,6 +64,11 @@ def without_wal(table: Any) -> None:
     )
 
 
+class StateNotReady(Exception):
+    """A table partition that is not assigned and recovered here was asked for: the
+    record must be read again later, not decided now."""
+
+
 class TableState:
     """One Faust table's RocksDB partitions, written together with their changelog."""
 
@@ -77,8 +82,13 @@ class TableState:
         self._open: dict[int, Any] = table.data._dbs
 
     def _db(self, partition: int) -> Any:
+        """The partition's RocksDB, as Faust opened it on assignment. Never opened here:
+        a partition Faust has not opened was never recovered, and reading it would see
+        state that is not there (an objection missed)."""
         db = self._open.get(partition)
-        return db if db is not None else self.table.data._db_for_partition(partition)
+        if db is None:
+            raise StateNotReady(f"{self.changelog_topic}[{partition}] is not open here")
+        return db
 
     def get(self, partition: int, key: bytes) -> bytes | None:
         """The value of ``key`` in one partition."""

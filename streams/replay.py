@@ -227,7 +227,9 @@ def run_replay(settings: Settings, plan: ReplayPlan, codec: Codec) -> ReplayRepo
             ends.append(TopicPartition(settings.replay_results_topic, p, high))
         results.assign(ends)
         selected = _read_posts(settings, codec, plan, report)
-        _send_requests(settings, plan, selected.values())
+        # routed by the internal topic's own partition count, whatever --partitions says:
+        # a request on another partition than its user's would read none of its state
+        _send_requests(settings, plan, selected.values(), existing[settings.user_events_topic])
         _collect(results, plan, report, set(selected))
     finally:
         results.close()
@@ -235,7 +237,10 @@ def run_replay(settings: Settings, plan: ReplayPlan, codec: Codec) -> ReplayRepo
 
 
 def _send_requests(
-    settings: Settings, plan: ReplayPlan, selected: Iterable[tuple[bytes, str, int, int, str]]
+    settings: Settings,
+    plan: ReplayPlan,
+    selected: Iterable[tuple[bytes, str, int, int, str]],
+    partitions: int,
 ) -> None:
     producer = Producer(
         {
@@ -266,7 +271,7 @@ def _send_requests(
                     settings.user_events_topic,
                     value,
                     key,
-                    partition_for_user(key, settings.partitions),
+                    partition_for_user(key, partitions),
                     on_delivery=delivered,
                     headers=headers,
                 )

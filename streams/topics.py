@@ -11,7 +11,15 @@ import logging
 from dataclasses import dataclass, field
 
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+    OffsetSpec,
+    ResourceType,
+)
 
 from .settings import Settings, SettingsError
 
@@ -28,17 +36,30 @@ class TopicSpec:
     config: dict[str, str] = field(default_factory=dict)
 
 
+# The internal user-events topic keeps every record until the gate has committed past
+# it, whatever its timestamps (they are the inputs' own, possibly old): the gate deletes
+# what it has committed (``purge_committed``), as Kafka Streams does with its
+# repartition topics. Time-based retention could delete an objection before it was read.
+INTERNAL_RETENTION = {"retention.ms": "-1", "retention.bytes": "-1"}
+
+
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     """Every topic, with its role and configuration."""
     compact = {"cleanup.policy": "compact"}
     specs = [
         TopicSpec(settings.posts_topic, "input"),
         TopicSpec(settings.objections_topic, "input"),
-        TopicSpec(settings.training_topic, "output", compact),
+        # tombstones (retractions) stay long enough for downstream consumers to see them
+        TopicSpec(
+            settings.training_topic,
+            "output",
+            {**compact, "delete.retention.ms": str(settings.tombstone_retention_ms)},
+        ),
         TopicSpec(settings.retractions_topic, "output", {"retention.ms": "-1"}),
         TopicSpec(settings.decisions_topic, "output", {"retention.ms": "-1"}),
-        TopicSpec(settings.dlq_topic, "output"),
-        TopicSpec(settings.user_events_topic, "internal"),
+        # the DLQ holds the inputs' bytes, post content included
+        TopicSpec(settings.dlq_topic, "output", {"retention.ms": str(settings.dlq_retention_ms)}),
+        TopicSpec(settings.user_events_topic, "internal", INTERNAL_RETENTION),
         TopicSpec(settings.replay_results_topic, "output", {"retention.ms": str(7 * 86400000)}),
     ]
     specs += [TopicSpec(settings.changelog_topic(t), "internal", compact) for t in TABLES]
@@ -119,9 +140,14 @@ def ensure_topics(settings: Settings, *, create_inputs: bool) -> list[str]:
             f"input topic(s) {', '.join(missing_inputs)} do not exist; run "
             "`enforcer topics create` or check --posts-topic/--objections-topic"
         )
+    if settings.user_events_topic in existing:
+        keep_internal_records(admin, settings.user_events_topic)
     rf = replication_factor(admin, settings)
+    # with three replicas or more, a write is acknowledged by two: one broker lost
+    # never loses an acknowledged record
+    durable = {"min.insync.replicas": "2"} if rf >= 3 else {}
     new = [
-        NewTopic(spec.name, settings.partitions, rf, config=spec.config)
+        NewTopic(spec.name, settings.partitions, rf, config={**durable, **spec.config})
         for spec in topic_specs(settings)
         if spec.name not in existing
     ]
@@ -141,39 +167,82 @@ def ensure_topics(settings: Settings, *, create_inputs: bool) -> list[str]:
     return created
 
 
+def keep_internal_records(admin: AdminClient, topic: str) -> None:
+    """Give an existing internal topic (made by an earlier version, with the broker's
+    time-based retention) the retention it must have (``INTERNAL_RETENTION``)."""
+    resource = ConfigResource(ResourceType.TOPIC, topic)
+    config = admin.describe_configs([resource])[resource].result(timeout=30)
+    wrong = {k: v for k, v in INTERNAL_RETENTION.items() if config[k].value != v}
+    if not wrong:
+        return
+    log.warning("topic %s: setting %s (records are deleted once processed)", topic, wrong)
+    resource = ConfigResource(
+        ResourceType.TOPIC,
+        topic,
+        incremental_configs=[
+            ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in wrong.items()
+        ],
+    )
+    try:
+        admin.incremental_alter_configs([resource])[resource].result(timeout=30)
+    except KafkaException as exc:
+        raise SettingsError(
+            f"cannot set the retention of internal topic {topic}: {exc.args[0].str()}"
+        ) from None
+
+
+def purge_committed(admin: AdminClient, topic: str, committed: dict[int, int]) -> None:
+    """Delete the internal topic's records below the offsets the gate has committed
+    (they are processed; nothing reads them again)."""
+    if committed:
+        futures = admin.delete_records(
+            [TopicPartition(topic, p, o) for p, o in committed.items() if o > 0]
+        )
+        for future in futures.values():
+            future.result(timeout=30)
+
+
+class DataLossError(SettingsError):
+    """Records that must not be skipped were deleted before they were processed."""
+
+
 def earliest_offset(admin: AdminClient, topic: str, partition: int) -> int:
     """The first offset still stored in a partition (after retention)."""
     tp = TopicPartition(topic, partition)
     return max(0, admin.list_offsets({tp: OffsetSpec.earliest()})[tp].result(timeout=30).offset)
 
 
-def resume_offset(admin: AdminClient, topic: str, partition: int, offset: int, reader: str) -> int:
-    """``offset``, or the partition's earliest offset when retention deleted the records
-    from ``offset`` on before ``reader`` processed them (logged: they are lost)."""
+def resume_offset(
+    admin: AdminClient, topic: str, partition: int, offset: int, reader: str, accept_loss: bool
+) -> tuple[int, int]:
+    """Where ``reader`` resumes a partition at ``offset``, and how many records it skips:
+    none, unless retention deleted records from ``offset`` on before they were
+    processed. Those are skipped (logged with the range) only with ``accept_loss``;
+    otherwise ``DataLossError`` says which."""
     earliest = earliest_offset(admin, topic, partition)
     if offset >= earliest:
-        return offset
-    log.error(
-        "%s[%d]: records %d to %d were deleted by retention before %s processed them; "
-        "resuming at %d",
-        topic,
-        partition,
-        offset,
-        earliest - 1,
-        reader,
-        earliest,
-    )
-    return earliest
+        return offset, 0
+    where = f"{topic}[{partition}] offsets {offset} to {earliest - 1} ({earliest - offset} records)"
+    if not accept_loss:
+        raise DataLossError(
+            f"{where} were deleted before {reader} processed them; objection events may be "
+            "lost: stopping (run with --accept-data-loss to skip them)"
+        )
+    log.error("%s were deleted before %s processed them; skipped", where, reader)
+    return earliest, earliest - offset
 
 
-def start_offset(admin: AdminClient, group: str, topic: str, partition: int) -> int:
-    """Where a consumer group resumes a partition: its committed offset, or the
-    partition's earliest offset when it has none or when retention deleted the records
-    it points to."""
+def start_offset(
+    admin: AdminClient, group: str, topic: str, partition: int, accept_loss: bool
+) -> tuple[int, int]:
+    """Where a consumer group resumes a partition (``resume_offset`` from its committed
+    offset, or the partition's earliest offset when it has none)."""
     tp = TopicPartition(topic, partition)
     request = [ConsumerGroupTopicPartitions(group, [tp])]
     result = admin.list_consumer_group_offsets(request)[group].result(timeout=30)
     for committed in result.topic_partitions or []:
         if committed.partition == partition and committed.offset >= 0:
-            return resume_offset(admin, topic, partition, committed.offset, f"group {group}")
-    return earliest_offset(admin, topic, partition)
+            return resume_offset(
+                admin, topic, partition, committed.offset, f"group {group}", accept_loss
+            )
+    return earliest_offset(admin, topic, partition), 0

@@ -159,11 +159,11 @@ class MemoryDB(dict):
 
 
 class MemoryFaustTable:
-    def __init__(self) -> None:
-        self.dbs: dict[int, MemoryDB] = {}
-        self.data = SimpleNamespace(
-            _dbs=self.dbs, _db_for_partition=lambda p: self.dbs.setdefault(p, MemoryDB())
-        )
+    """A Faust table whose ``partitions`` are open (assigned and recovered)."""
+
+    def __init__(self, partitions: int = 8) -> None:
+        self.dbs: dict[int, MemoryDB] = {p: MemoryDB() for p in range(partitions)}
+        self.data = SimpleNamespace(_dbs=self.dbs)
 
 
 class Recorder:

@@ -1,0 +1,247 @@
+"""The gate's edges fail closed (issue 16): what happens when a write fails, a record
+belongs to another partition, is too large, or a table partition is not there. No
+Kafka: the gate runs over in-memory tables and a recording producer (``test_splice``),
+with and without splicing, in Python (the native fast path has its own tests)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import streams.agents as agents
+from streams.codec import DECISION, OBJECTION, POST
+from streams.enforcement import (
+    RETRACTION_IDS_BYTES,
+    Source,
+    as_applied,
+    on_objection,
+    retraction_chunks,
+)
+from streams.ledger import StateNotReady
+from streams.metrics import Metrics, label
+from streams.policy import load_policy
+from streams.records import DLQ_REFERENCE, KIND_OBJECTION, KIND_POST, partition_for_user
+from streams.settings import Settings, SettingsError, validate
+from tests.unit.test_splice import CODEC, POST_RECORD, _gate, _message
+
+POLICY = load_policy()
+PUBLISHED_POST = {**POST_RECORD, "user_id": "u1", "post_id": "p1"}
+
+
+class OutputFailed(SystemExit):
+    """What ``Processor.output_failed`` raises here instead of exiting the process (a
+    BaseException, as an exit is: no ``except Exception`` of the gate catches it)."""
+
+
+@pytest.fixture(autouse=True)
+def no_exit(monkeypatch):
+    def output_failed(self, message, exc):
+        raise OutputFailed(70)
+
+    monkeypatch.setattr(agents.Processor, "output_failed", output_failed)
+    monkeypatch.setattr(agents, "native", SimpleNamespace(**{**vars(agents.native)}))
+    monkeypatch.setattr(agents.native, "available", lambda: False)
+
+
+def _topics(out) -> list[str]:
+    return [record[0] for record in out.records]
+
+
+@pytest.mark.parametrize("splicing", [True, False])
+def test_a_published_post_is_in_the_ledger_before_it_is_produced(splicing):
+    processor, out = _gate(splicing, POLICY)
+    processor.gate(_message(KIND_POST, CODEC.encode(POST, PUBLISHED_POST), 0, "u1"))
+    assert _topics(out) == ["ledger-changelog", "training-ingest", "enforcer-decisions"]
+
+
+@pytest.mark.parametrize("splicing", [True, False])
+def test_a_ledger_write_that_fails_publishes_nothing_and_dead_letters(splicing):
+    processor, out = _gate(splicing, POLICY)
+
+    def broken_put(*args):
+        raise OSError("disk full")
+
+    processor.ledger.state.put = broken_put
+    processor.gate(_message(KIND_POST, CODEC.encode(POST, PUBLISHED_POST), 0, "u1"))
+    assert _topics(out) == ["enforcer-dlq"]  # nothing reached training-ingest
+
+
+@pytest.mark.parametrize("splicing", [True, False])
+def test_an_output_that_fails_after_the_ledger_stops_the_worker_without_a_dlq_record(splicing):
+    processor, out = _gate(splicing, POLICY)
+    produce = out.produce
+
+    def refusing(topic, key, value, partition=None, headers=None):
+        if topic == "training-ingest":
+            raise RuntimeError("broker refused")
+        produce(topic, key, value, partition, headers)
+
+    out.produce = refusing
+    with pytest.raises(OutputFailed):
+        processor.gate(_message(KIND_POST, CODEC.encode(POST, PUBLISHED_POST), 0, "u1"))
+    assert "enforcer-dlq" not in _topics(out)
+    # what was written is the ledger entry: a later objection retracts the post
+    assert processor.ledger.is_live(0, "u1", "p1")
+
+
+def test_a_record_of_a_user_of_another_partition_is_dead_lettered():
+    processor, out = _gate(True, POLICY)
+    processor.settings = Settings(partitions=16)
+    user = next(f"u{i}" for i in range(100) if partition_for_user(f"u{i}".encode(), 16) != 0)
+    for kind, value in (
+        (KIND_POST, CODEC.encode(POST, {**POST_RECORD, "user_id": user})),
+        (KIND_OBJECTION, CODEC.encode(OBJECTION, _event("e1", user))),
+    ):
+        out.records.clear()
+        processor.gate(_message(kind, value, 0, user))
+        assert _topics(out) == ["enforcer-dlq"]
+        headers = dict(out.records[0][4])
+        assert b"arrived on partition 0" in headers["error"]
+    home = partition_for_user(user.encode(), 16)
+    out.records.clear()
+    message = _message(KIND_POST, CODEC.encode(POST, {**POST_RECORD, "user_id": user}), 0, user)
+    message.partition = home
+    processor.gate(message)
+    assert "enforcer-decisions" in _topics(out)
+
+
+def test_a_post_too_large_to_republish_goes_to_the_dlq_as_a_reference():
+    processor, out = _gate(True, POLICY)
+    big = {**PUBLISHED_POST, "text": "x" * 1_500_000}
+    processor.gate(_message(KIND_POST, CODEC.encode(POST, big), 7, "u1"))
+    assert _topics(out) == ["enforcer-dlq"]
+    _, key, value, _, headers = out.records[0]
+    headers = dict(headers)
+    assert key is None and value is None
+    assert b"record too large" in headers["error"]
+    assert int(headers[DLQ_REFERENCE]) > 1_500_000
+    assert headers["source.offset"] == b"7"
+    # a post just under the limit is published, its outputs within the limit
+    out.records.clear()
+    fits = {**PUBLISHED_POST, "text": "x" * (processor.max_post_bytes - 200)}
+    processor.gate(_message(KIND_POST, CODEC.encode(POST, fits), 8, "u1"))
+    assert "training-ingest" in _topics(out)
+    assert all(len(r[2] or b"") <= processor.settings.max_record_bytes for r in out.records)
+
+
+def test_a_table_partition_not_open_here_is_never_read_or_created():
+    processor, out = _gate(True, POLICY)
+    del processor.consent.table.dbs[0]
+    with pytest.raises(StateNotReady):
+        processor.gate(_message(KIND_POST, CODEC.encode(POST, PUBLISHED_POST), 0, "u1"))
+    with pytest.raises(StateNotReady):
+        processor.gate(
+            _message(KIND_OBJECTION, CODEC.encode(OBJECTION, _event("e", "u1")), 1, "u1")
+        )
+    assert out.records == [] and 0 not in processor.consent.table.dbs
+
+
+def test_a_user_with_many_live_posts_is_retracted_in_records_under_the_bound():
+    live = {f"post-{i:08d}-{'x' * 20}": "FACEBOOK" for i in range(30_000)}
+    _state, fx = on_objection(POLICY, None, _event("e1", "u1"), live, 1, Source("o", 0, 0))
+    assert len(fx.tombstones) == 30_000 and len(fx.retractions) > 1
+    ids = [pid for r in fx.retractions for pid in r["post_ids"]]
+    assert ids == sorted(live)
+    for record in fx.retractions:
+        assert sum(len(p) + 4 for p in record["post_ids"]) <= RETRACTION_IDS_BYTES
+        assert record["objection_event_id"] == "e1"
+
+
+@given(st.lists(st.text(min_size=1, max_size=300)), st.integers(1, 2000))
+def test_retraction_chunks_keep_order_and_bound(ids, limit):
+    chunks = retraction_chunks(ids, limit)
+    assert [i for chunk in chunks for i in chunk] == ids
+    for chunk in chunks:
+        assert chunk
+        assert len(chunk) == 1 or sum(len(i.encode()) + 4 for i in chunk) <= limit
+
+
+NOW = 1_800_000_000_000
+SKEW = 300_000
+
+
+@given(st.integers(-(2**62), 2**62))
+def test_an_event_is_applied_no_later_than_the_time_read_plus_the_skew(occurred_at):
+    event = _event("e", "u", occurred_at=occurred_at)
+    applied = as_applied(event, NOW, SKEW)
+    if occurred_at > NOW + SKEW:
+        assert applied["occurred_at"] == NOW and event["occurred_at"] == occurred_at
+    else:
+        assert applied is event
+
+
+def test_a_future_objection_does_not_block_a_later_withdrawal():
+    year_3000 = 32_503_680_000_000
+    src = Source("o", 0, 0)
+    state, fx = on_objection(
+        POLICY, None, _event("a", "u", "OBJECT", year_3000), {}, NOW, src, SKEW
+    )
+    assert fx.clamped_from == year_3000 and state.objected("FACEBOOK")
+    later = _event("b", "u", "WITHDRAW", NOW + 1000)
+    state, _ = on_objection(POLICY, state, later, {}, NOW + 2000, src, SKEW)
+    assert not state.objected("FACEBOOK")
+
+
+def test_a_future_withdrawal_does_not_beat_a_later_objection():
+    year_3000 = 32_503_680_000_000
+    src = Source("o", 0, 0)
+    state, fx = on_objection(
+        POLICY, None, _event("a", "u", "WITHDRAW", year_3000), {}, NOW, src, SKEW
+    )
+    assert fx.clamped_from == year_3000
+    state, _ = on_objection(
+        POLICY, state, _event("b", "u", "OBJECT", NOW + 1), {}, NOW + 2, src, SKEW
+    )
+    assert state.objected("FACEBOOK")
+
+
+def test_without_a_bound_a_future_withdrawal_would_win_forever():
+    """What the bound prevents (the behaviour before it)."""
+    year_3000 = 32_503_680_000_000
+    src = Source("o", 0, 0)
+    state, _ = on_objection(POLICY, None, _event("a", "u", "WITHDRAW", year_3000), {}, NOW, src)
+    state, _ = on_objection(POLICY, state, _event("b", "u", "OBJECT", NOW + 1), {}, NOW + 2, src)
+    assert not state.objected("FACEBOOK")
+
+
+def test_the_worker_counts_clamped_events():
+    processor, _out = _gate(False, POLICY)
+    event = _event("e1", "u1", occurred_at=32_503_680_000_000)
+    processor.gate(_message(KIND_OBJECTION, CODEC.encode(OBJECTION, event), 0, "u1"))
+    assert processor.metrics.clamped_events == 1
+    assert "enforcer_clamped_objection_events_total 1" in processor.metrics.render(True)
+
+
+def test_prometheus_label_values_are_escaped():
+    metrics = Metrics()
+    metrics.dlq['a"b\\c\nd'] += 1
+    text = metrics.render(True)
+    assert 'enforcer_dlq_total{source_topic="a\\"b\\\\c\\nd"} 1' in text
+    assert label('"') == '\\"'
+
+
+def test_topic_names_are_matched_whole():
+    with pytest.raises(SettingsError, match="not a valid topic name"):
+        validate(Settings(posts_topic="posts\n"))
+
+
+def test_decisions_are_unchanged_by_the_new_order():
+    """The decision written for a published post is the same record as before."""
+    processor, out = _gate(True, POLICY)
+    processor.gate(_message(KIND_POST, CODEC.encode(POST, PUBLISHED_POST), 0, "u1"))
+    decision = CODEC.decode(out.records[-1][2], DECISION)[1]
+    assert (decision["outcome"], decision["reason"]) == ("PUBLISHED", "ELIGIBLE")
+
+
+def _event(event_id: str, user: str, action: str = "OBJECT", occurred_at: int = 1_000) -> dict:
+    return {
+        "event_id": event_id,
+        "user_id": user,
+        "action": action,
+        "platform": None,
+        "occurred_at": occurred_at,
+        "channel": "IN_APP",
+    }

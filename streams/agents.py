@@ -28,7 +28,16 @@ from operator import itemgetter
 from typing import Any
 
 from . import native
-from .codec import DECISION, OBJECTION, POST, RETRACTION, TRAINING_RECORD, Codec, DecodeError
+from .codec import (
+    DECISION,
+    OBJECTION,
+    POST,
+    RETRACTION,
+    TRAINING_RECORD,
+    Codec,
+    DecodeError,
+    RegistryUnavailable,
+)
 from .consent import decode_state, encode_state, stored_objects
 from .enforcement import (
     DECISION_FIELDS,
@@ -99,6 +108,8 @@ class Processor:
         self.offsets = OffsetTracker()
         self.reposition: Any = None  # callback(partition, expected offset or None)
         self._repositioning: dict[int, float] = {}  # partition -> when it was asked
+        # partition -> since when its next record waits for the schema registry
+        self._blocked: dict[int, float] = {}
         self._timestamp_scale = 1.0  # seconds per unit of the records' timestamps
         # the fields the rules read (POST_FIELDS) from a scanned post's values, as one
         # tuple; None: posts are decoded
@@ -112,15 +123,19 @@ class Processor:
 
     # -- readiness -----------------------------------------------------------------
     def ready(self) -> bool:
-        """True once partitions are assigned, recovered and being consumed."""
+        """True once partitions are assigned, recovered and being consumed, and no
+        record waits for the schema registry (here or in the re-keying stage)."""
         app = self.app
         try:
             recovery = app.tables.recovery
             rekeying = self.rekeyer is None or (
-                self.rekeyer.is_alive() and self.rekeyer.assigned.is_set()
+                self.rekeyer.is_alive()
+                and self.rekeyer.assigned.is_set()
+                and not self.rekeyer.blocked.is_set()
             )
             return bool(
                 rekeying
+                and not self._blocked
                 and app.started
                 and not app.rebalancing
                 and not recovery.in_recovery
@@ -202,13 +217,44 @@ class Processor:
         os._exit(70)
 
     def process_one(self, message: Any) -> None:
-        """Process one internal record (records of a partition come in offset order)."""
+        """Process one internal record (records of a partition come in offset order).
+
+        A record whose schema the registry could not be asked about (``gate`` raises
+        ``RegistryUnavailable`` before any side effect) is put back: it is read again
+        after REPOSITION_RETRY seconds (a reposition), nothing after it is processed or
+        committed meanwhile, and the worker is not ready until it is processed."""
         partition = message.partition
         admit = self.offsets.admit(partition, message.offset)
         if admit is Admit.PROCESS or admit is Admit.DUPLICATE:
             if self._repositioning:
                 self._repositioning.pop(partition, None)
-            self.gate(message)
+            try:
+                self.gate(message)
+            except RegistryUnavailable as exc:
+                if admit is Admit.DUPLICATE:  # processed before: its effects are there
+                    log.warning(
+                        "partition %d: offset %d, processed before, not again: %s",
+                        partition,
+                        message.offset,
+                        exc,
+                    )
+                    return
+                now = time.monotonic()
+                self.offsets.put_back(partition, message.offset)
+                since = self._blocked.setdefault(partition, now)
+                self._repositioning[partition] = now  # the seek back: REPOSITION_RETRY on
+                log.warning(
+                    "partition %d: offset %d waits for the schema registry (%s); read again "
+                    "in %.0f s, not ready meanwhile (waiting for %.0f s)",
+                    partition,
+                    message.offset,
+                    exc,
+                    REPOSITION_RETRY,
+                    now - since,
+                )
+                return
+            if self._blocked:
+                self._blocked.pop(partition, None)
         elif time.monotonic() - self._repositioning.get(partition, 0.0) > REPOSITION_RETRY:
             # a gap (Faust skipped records) or an unknown start: read from the right
             # offset again; records until then are not processed and not committed
@@ -229,8 +275,21 @@ class Processor:
     def retry_repositioning(self) -> None:
         """Ask again for partitions still waiting for a record after a reposition (a seek
         can be undone by records fetched before it); called by a timer, so that a partition
-        that receives nothing new is not left waiting."""
+        that receives nothing new is not left waiting. Stops the worker (exit 70, nothing
+        committed past it) when a partition's next record has waited for the schema
+        registry for longer than ``--registry-timeout``."""
         now = time.monotonic()
+        for partition, since in self._blocked.items():
+            if now - since > self.settings.registry_timeout:
+                log.critical(
+                    "partition %d: offset %s has waited for the schema registry for %.0f s "
+                    "(--registry-timeout); exiting",
+                    partition,
+                    self.offsets.expected.get(partition),
+                    now - since,
+                )
+                logging.shutdown()
+                os._exit(70)
         for partition, asked in list(self._repositioning.items()):
             if now - asked > REPOSITION_RETRY:
                 log.info(
@@ -244,6 +303,7 @@ class Processor:
         """A partition assigned anew or revoked: where it starts is looked up again."""
         self.offsets.revoke(partition)
         self._repositioning.pop(partition, None)
+        self._blocked.pop(partition, None)
         self.ledger.forget((partition,))
 
     def settle(self) -> None:

@@ -11,7 +11,9 @@ import os
 import socket
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from .policy import PolicyError, load_policy
 from .settings import Settings, SettingsError, add_common_arguments, from_args
@@ -28,15 +30,68 @@ def _fail(message: str) -> int:
     return EXIT_CONFIG
 
 
-def make_codec(settings: Settings):
-    """The codec, with a schema registry client when one is configured."""
+# seconds a schema registry request may take: the client's default is no limit, and the
+# gate's event loop waits for it (see codec.REGISTRY_BUDGET)
+REGISTRY_REQUEST_TIMEOUT = 1.0
+
+
+def make_codec(settings: Settings, registry_errors: Any = None):
+    """The codec, with a schema registry client when one is configured. The client
+    does not retry by itself (it would wait seconds): the codec retries briefly and
+    counts failed requests in ``registry_errors`` (``Codec``)."""
     from .codec import Codec
 
     if not settings.schema_registry_url:
-        return Codec()
+        return Codec(registry_errors=registry_errors)
     from confluent_kafka.schema_registry import SchemaRegistryClient
 
-    return Codec(SchemaRegistryClient.new_client({"url": settings.schema_registry_url}))
+    client = SchemaRegistryClient.new_client(
+        {
+            "url": settings.schema_registry_url,
+            "timeout": REGISTRY_REQUEST_TIMEOUT,
+            "max.retries": 0,
+        }
+    )
+    return Codec(client, registry_errors=registry_errors)
+
+
+def register_output_schemas(codec: Any, settings: Settings) -> None:
+    """With a schema registry: register the schemas of the worker's output records now,
+    waiting up to ``--registry-timeout`` for a registry that does not answer, so that
+    no output waits for the registry later (``CliError`` if it never answers, or
+    refuses a schema)."""
+    from .codec import (
+        DECISION,
+        RETRACTION,
+        TRAINING_RECORD,
+        RegistryUnavailable,
+        wait_for_registry,
+    )
+
+    if not codec.uses_registry:
+        return
+    s = settings
+
+    def waiting(exc: Exception, wait: float) -> None:
+        print(f"enforcer: {exc}; asking again in {wait:.0f} s", file=sys.stderr, flush=True)
+
+    for name, topic in (
+        (TRAINING_RECORD, s.training_topic),
+        (RETRACTION, s.retractions_topic),
+        (DECISION, s.decisions_topic),
+    ):
+        try:
+            wait_for_registry(partial(codec.wire_prefix, name, topic), s.registry_timeout, waiting)
+        except RegistryUnavailable as exc:
+            raise CliError(
+                f"{exc} (the schema registry at {s.schema_registry_url} did not answer for "
+                f"--registry-timeout {s.registry_timeout:g} s)"
+            ) from None
+        except Exception as exc:  # a definite refusal by the registry
+            raise CliError(
+                f"the schema registry at {s.schema_registry_url} refused the {name} schema "
+                f"for {topic}-value: {exc}"
+            ) from None
 
 
 def _check_data_dir(path: Path) -> None:
@@ -71,6 +126,7 @@ def cmd_worker(settings: Settings) -> int:
     _check_port(settings.web_host, settings.web_port)
     ensure_topics(settings, create_inputs=False)
     rf = replication_factor(admin_client(settings), settings)
+    register_output_schemas(codec, settings)
     enforcer = build(settings, policy, codec, rf)
     from .worker import EnforcerWorker
 

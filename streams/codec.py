@@ -7,6 +7,11 @@ Two wire forms, told apart by the first byte:
 * Confluent wire format: ``00``, a 4-byte big-endian schema id, then the datum
   (only resolvable when a schema registry is configured).
 
+A schema id is a ``DecodeError`` only when the registry answers that it does not
+exist; a registry that cannot be asked (refused, timed out, an error status) is
+retried briefly, then ``RegistryUnavailable``: the record may be valid, and is read
+again later, never sent to the DLQ.
+
 Every schema version under ``schemas/`` (and ``schemas/history/``) is parsed once at
 start; writers are resolved by fingerprint from a dictionary and read into the
 current reader schema of the same name. Records written with the current schema are
@@ -19,6 +24,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -43,6 +49,92 @@ DECISION = "Decision"
 
 class DecodeError(ValueError):
     """Bytes that cannot be read as a known record; the message is the DLQ reason."""
+
+
+class RegistryUnavailable(Exception):
+    """The schema registry could not be asked (refused, timed out, an error status, a
+    response that is not one): the record may be valid, so it must be read again later,
+    never sent to the DLQ. Deliberately not a ``DecodeError``."""
+
+
+# A registry request that fails other than with a definite answer is retried after
+# these delays, as long as the call has taken less than REGISTRY_BUDGET seconds (the
+# gate's event loop waits meanwhile), then RegistryUnavailable. For REGISTRY_PAUSE
+# seconds after that, calls fail at once without a request: in an outage, records of
+# many partitions do not each wait a whole budget. Callers that wait for the registry
+# (``wait_for_registry``) ask again after REGISTRY_PAUSE at the earliest.
+REGISTRY_DELAYS = (0.05, 0.1, 0.2, 0.4)
+REGISTRY_BUDGET = 1.0
+REGISTRY_PAUSE = 2.0
+REGISTRY_MAX_WAIT = 8.0  # seconds between the attempts of wait_for_registry, at most
+
+
+class Tally:
+    """A count with a ``value`` (a ``multiprocessing.Value`` can stand in for it)."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+
+def _not_found(exc: Exception) -> bool:
+    """The registry's definite answer that a schema id does not exist: HTTP 404 with a
+    registry error code 404xx (the registry says 40403; confluent-kafka's mock client
+    40400). A 404 without one (a proxy's, a wrong URL path) is no such answer."""
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+    code = getattr(exc, "error_code", None)
+    return (
+        isinstance(exc, SchemaRegistryError)
+        and exc.http_status_code == 404
+        and isinstance(code, int)
+        and 40400 <= code <= 40499
+    )
+
+
+def _refused(exc: Exception) -> bool:
+    """The registry's definite refusal of a request (a 4xx status other than 408 and
+    429: an incompatible or invalid schema, no permission, a wrong URL path)."""
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+    status = getattr(exc, "http_status_code", None)
+    return (
+        isinstance(exc, SchemaRegistryError)
+        and isinstance(status, int)
+        and 400 <= status < 500
+        and status not in (408, 429)
+    )
+
+
+def _described(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
+def wait_for_registry(
+    call: Callable[[], Any],
+    timeout: float,
+    on_failure: Callable[[RegistryUnavailable, float], None] = lambda exc, wait: None,
+    stop: Callable[[], bool] = lambda: False,
+) -> Any:
+    """``call()`` until it does not raise ``RegistryUnavailable``, asking again after
+    REGISTRY_PAUSE seconds, then twice as long each time (at most REGISTRY_MAX_WAIT);
+    ``on_failure(exc, wait)`` before each wait. Raises the last ``RegistryUnavailable``
+    when the next attempt would come more than ``timeout`` seconds after the first, or
+    once ``stop()`` is true (checked every 0.1 s while waiting)."""
+    deadline = time.monotonic() + timeout
+    wait = REGISTRY_PAUSE
+    while True:
+        try:
+            return call()
+        except RegistryUnavailable as exc:
+            if time.monotonic() + wait > deadline or stop():
+                raise
+            on_failure(exc, wait)
+            until = time.monotonic() + wait
+            while (left := until - time.monotonic()) > 0:
+                if stop():
+                    raise
+                time.sleep(min(0.1, left))
+            wait = min(wait * 2, REGISTRY_MAX_WAIT)
 
 
 _EMPTY = 0xC15D213AA4D7A795
@@ -126,13 +218,23 @@ class Codec:
     ``registry`` is an optional ``confluent_kafka.schema_registry.SchemaRegistryClient``;
     with it, ``encode`` writes the Confluent wire format (registering the schema under
     ``<topic>-value``), and ids in incoming records are resolved through it.
+    ``registry_errors`` counts the registry requests that failed (a ``Tally`` unless
+    one is given, e.g. a ``multiprocessing.Value`` shared with another process).
     """
 
-    def __init__(self, registry: Any | None = None, directory: Path = SCHEMA_DIR) -> None:
+    def __init__(
+        self,
+        registry: Any | None = None,
+        directory: Path = SCHEMA_DIR,
+        registry_errors: Any = None,
+    ) -> None:
         self.current, self.versions = load_schemas(directory)
         self._by_fingerprint: dict[bytes, SchemaVersion] = {v.fingerprint: v for v in self.versions}
         self._by_header = {SINGLE_OBJECT_MAGIC + v.fingerprint: v for v in self.versions}
         self._registry = registry
+        self.registry_errors = Tally() if registry_errors is None else registry_errors
+        self._registry_paused_until = 0.0  # after a failed call: see REGISTRY_PAUSE
+        self._registry_failure = ""
         self._ids_by_subject: dict[tuple[str, str], int] = {}
         self._versions_by_id: dict[int, SchemaVersion] = {}
         self._prefix = {
@@ -232,7 +334,12 @@ class Codec:
             from confluent_kafka.schema_registry import Schema
 
             schema = Schema(self.current[name].text, "AVRO")
-            schema_id = self._registry.register_schema(subject, schema)
+            # a definite refusal is raised as the client raised it; anything else is
+            # RegistryUnavailable (a worker registers its outputs' schemas at start)
+            register = self._registry.register_schema
+            schema_id = self._ask_registry(
+                f"registering {subject}", register, (subject, schema), _refused
+            )
             self._ids_by_subject[key] = schema_id
             self._versions_by_id[schema_id] = self.current[name]
         return schema_id
@@ -267,8 +374,12 @@ class Codec:
         if self._registry is None:
             raise DecodeError(f"schema id {schema_id} but no schema registry is configured")
         try:
-            registered = self._registry.get_schema(schema_id)
-        except Exception as exc:  # the registry client raises several types
+            registered = self._ask_registry(
+                f"schema id {schema_id}", self._registry.get_schema, (schema_id,), _not_found
+            )
+        except RegistryUnavailable:
+            raise  # the record may be valid: read it again later
+        except Exception as exc:  # _not_found: the registry says there is no such id
             raise DecodeError(f"unknown schema id {schema_id}: {exc}") from None
         try:
             raw = _without_logical_types(json.loads(registered.schema_str))
@@ -280,6 +391,33 @@ class Codec:
         )
         self._versions_by_id[schema_id] = version
         return version
+
+    def _ask_registry(
+        self, what: str, call: Callable[..., Any], args: tuple, definite: Callable[..., bool]
+    ) -> Any:
+        """``call(*args)`` on the registry client; an exception that ``definite`` accepts
+        (an answer) is raised as is, any other is retried (REGISTRY_DELAYS, within
+        REGISTRY_BUDGET), then ``RegistryUnavailable``."""
+        if time.monotonic() < self._registry_paused_until:
+            raise RegistryUnavailable(
+                f"schema registry unavailable ({what}): {self._registry_failure}; "
+                "not asked again yet"
+            )
+        start = time.monotonic()
+        for delay in (*REGISTRY_DELAYS, None):
+            try:
+                return call(*args)
+            except Exception as exc:
+                if definite(exc):
+                    raise
+                self.registry_errors.value += 1
+                failure = _described(exc)
+                if delay is None or time.monotonic() - start + delay > REGISTRY_BUDGET:
+                    break
+                time.sleep(delay)
+        self._registry_paused_until = time.monotonic() + REGISTRY_PAUSE
+        self._registry_failure = failure
+        raise RegistryUnavailable(f"schema registry unavailable ({what}): {failure}")
 
     def _writer_expecting(self, data: bytes, expect: str | None) -> tuple[SchemaVersion, int]:
         """``writer_of``, refusing a record of another name than ``expect`` (if given)."""

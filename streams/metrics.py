@@ -32,6 +32,7 @@ class Metrics:
         self.latency_sum = 0.0
         self.latency_n = 0
         self.stage: Any = None  # the re-keying stage: inputs() and dlq() counts
+        self.codec: Any = None  # the gate's codec: its failed schema registry requests
 
     def _with_stage(self, own: Counter[str], name: str) -> Counter[str]:
         if self.stage is None:
@@ -93,6 +94,21 @@ class Metrics:
         ]
         for topic, n in sorted(self._with_stage(self.skipped_records, "skipped").items()):
             out.append(f'enforcer_skipped_records_total{{topic="{label(topic)}"}} {n}')
+        registry_errors = sum(
+            counter.value
+            for counter in (
+                getattr(self.codec, "registry_errors", None),
+                getattr(self.stage, "registry_errors", None),
+            )
+            if counter is not None
+        )
+        out += [
+            "# HELP enforcer_schema_registry_errors_total Schema registry requests that "
+            "failed (refused, timed out, an error status other than not found), gate and "
+            "re-keying stage.",
+            "# TYPE enforcer_schema_registry_errors_total counter",
+            f"enforcer_schema_registry_errors_total {registry_errors}",
+        ]
         out += [
             "# HELP enforcer_retractions_total Retraction records written.",
             "# TYPE enforcer_retractions_total counter",

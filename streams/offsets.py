@@ -54,6 +54,13 @@ class OffsetTracker:
             return Admit.DUPLICATE
         return Admit.GAP
 
+    def put_back(self, partition: int, offset: int) -> None:
+        """A record just admitted (``PROCESS``) could not be processed after all (its
+        schema could not be looked up): it is the next expected again, so nothing from
+        it on is committed, and records after it are gaps until it is read again."""
+        if self.expected.get(partition) == offset + 1:
+            self.expected[partition] = offset  # in place: the native fast path reads it
+
     def to_commit(self) -> dict[int, int]:
         """Offsets to commit now (the next expected), for partitions that moved."""
         due = {p: o for p, o in self.expected.items() if self.committed.get(p) != o}

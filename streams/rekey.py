@@ -42,7 +42,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from .codec import OBJECTION, POST, Codec, DecodeError
+from .codec import OBJECTION, POST, Codec, DecodeError, RegistryUnavailable, wait_for_registry
 from .outputs import producer_config
 from .records import (
     DLQ_REFERENCE,
@@ -109,10 +109,20 @@ class RekeyStage:
         self.settings = settings
         self.stopping = ctx.Event()
         self.assigned = ctx.Event()
+        # set while the stage waits for the schema registry (the worker is not ready)
+        self.blocked = ctx.Event()
+        self.registry_errors = ctx.Value("q", 0, lock=False)  # failed registry requests
         self.counts = ctx.Array("q", 6, lock=False)  # written by the child only
         self.process = ctx.Process(
             target=run_stage,
-            args=(settings, self.stopping, self.assigned, self.counts),
+            args=(
+                settings,
+                self.stopping,
+                self.assigned,
+                self.counts,
+                self.blocked,
+                self.registry_errors,
+            ),
             name="enforcer-rekey",
             daemon=True,
         )
@@ -165,7 +175,14 @@ def _die_with_parent() -> None:
         pass
 
 
-def run_stage(settings: Settings, stopping: Any, assigned: Any, counts: Any) -> None:
+def run_stage(
+    settings: Settings,
+    stopping: Any,
+    assigned: Any,
+    counts: Any,
+    blocked: Any,
+    registry_errors: Any,
+) -> None:
     """The child process: log like the worker, then run the loop until stopped."""
     parent = os.getppid()
     _die_with_parent()
@@ -181,19 +198,27 @@ def run_stage(settings: Settings, stopping: Any, assigned: Any, counts: Any) -> 
     )
     from .cli import make_codec
 
-    Rekeyer(settings, make_codec(settings), stopping, assigned, counts).run()
+    codec = make_codec(settings, registry_errors)
+    Rekeyer(settings, codec, stopping, assigned, counts, blocked).run()
 
 
 class Rekeyer:
     """The re-keying loop (in the stage's process)."""
 
     def __init__(
-        self, settings: Settings, codec: Codec, stopping: Any, assigned: Any, counts: Any
+        self,
+        settings: Settings,
+        codec: Codec,
+        stopping: Any,
+        assigned: Any,
+        counts: Any,
+        blocked: Any,
     ) -> None:
         self.settings = settings
         self.codec = codec
         self.stopping = stopping
         self.assigned = assigned
+        self.blocked = blocked
         self.counts = counts
         # per input topic: record name, kind, counter slot
         self._kinds = {
@@ -368,11 +393,16 @@ class Rekeyer:
             # only as far as the user id: the gate decodes and checks the whole record
             # (and sends it to the DLQ with the input's key and headers, which it gets
             # from the internal record's headers)
-            user_id = self.codec.user_id_of(value, expected)
+            try:
+                user_id = self.codec.user_id_of(value, expected)
+            except RegistryUnavailable as exc:  # the record may be valid: not to the DLQ
+                user_id = self._wait_for_registry(msg, value, expected, exc)
             check_user_id(user_id, expected)
         except DecodeError as exc:
             self._dlq(msg, producer, str(exc))
             return
+        except RegistryUnavailable:
+            raise  # it stayed away: the stage stops, nothing committed past this record
         except Exception as exc:  # never let one record stop the worker
             self._dlq(msg, producer, f"cannot read record: {type(exc).__name__}")
             return
@@ -394,6 +424,41 @@ class Rekeyer:
         _, timestamp = msg.timestamp()
         # the key is the user: the producer's murmur2 partitioner picks its partition
         self._produce(producer, internal, value, user_id.encode(), headers, timestamp)
+
+    def _wait_for_registry(
+        self, msg: Message, value: bytes, expected: str, first: RegistryUnavailable
+    ) -> Any:
+        """``codec.user_id_of`` of a record whose schema the registry could not be asked
+        about: asked again and again (``wait_for_registry``), the worker not ready
+        meanwhile (``blocked``). Raises ``RegistryUnavailable`` after
+        ``--registry-timeout``, or when the stage is stopped meanwhile: the stage then
+        stops, and since only offsets of records handled are committed (``_done``), a
+        restart reads this record again."""
+        where = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
+        timeout = self.settings.registry_timeout
+        log.warning("%s: %s; waiting up to %g s, not ready meanwhile", where, first, timeout)
+
+        def waiting(exc: RegistryUnavailable, wait: float) -> None:
+            log.warning("%s: %s; asking again in %.0f s", where, exc, wait)
+
+        self.blocked.set()
+        try:
+            user_id = wait_for_registry(
+                lambda: self.codec.user_id_of(value, expected),
+                timeout,
+                waiting,
+                self.stopping.is_set,
+            )
+        except RegistryUnavailable as exc:
+            if self.stopping.is_set():
+                raise RegistryUnavailable(f"{where}: stopped while waiting: {exc}") from None
+            raise RegistryUnavailable(
+                f"{where}: no answer for --registry-timeout {timeout:g} s: {exc}"
+            ) from None
+        finally:
+            self.blocked.clear()
+        log.info("%s: the schema registry answers again", where)
+        return user_id
 
     def _publish_counts(self) -> None:
         """Add this batch's counts to the counters the worker reads."""

@@ -63,6 +63,10 @@ class Settings:
     # serve (measured trade-offs in docs/operations.md, "Tuning")
     linger_ms: int = 5
     fetch_min_bytes: int = 65536
+    # how long a record may wait for a schema registry that does not answer before the
+    # worker stops (exit 70); at most 240 s: the re-keying consumer waits without
+    # polling, and librdkafka's max.poll.interval.ms is 300 s
+    registry_timeout: float = 120.0
     # the largest record the worker writes (librdkafka's message.max.bytes; the broker's
     # default limit is slightly above): larger inputs go to the DLQ as a reference
     max_record_bytes: int = 1_000_000
@@ -172,6 +176,12 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         help="bytes a fetch waits for (at most 10 ms) [ENFORCER_FETCH_MIN_BYTES, default 65536]",
     )
     g.add_argument(
+        "--registry-timeout",
+        type=float,
+        help="seconds a record waits for an unavailable schema registry before the worker "
+        "stops (exit 70) [ENFORCER_REGISTRY_TIMEOUT, default 120]",
+    )
+    g.add_argument(
         "--max-record-bytes",
         type=int,
         help="largest record the worker writes; larger inputs go to the DLQ "
@@ -227,6 +237,15 @@ def from_args(args: argparse.Namespace) -> Settings:
     linger = linger if linger is not None else _env_int("ENFORCER_LINGER_MS")
     min_bytes = getattr(args, "fetch_min_bytes", None)
     min_bytes = min_bytes if min_bytes is not None else _env_int("ENFORCER_FETCH_MIN_BYTES")
+    registry_timeout = getattr(args, "registry_timeout", None)
+    if registry_timeout is None:
+        raw = env.get("ENFORCER_REGISTRY_TIMEOUT", "")
+        try:
+            registry_timeout = float(raw) if raw else Settings.registry_timeout
+        except ValueError:
+            raise SettingsError(
+                f"ENFORCER_REGISTRY_TIMEOUT must be a number of seconds, got {raw!r}"
+            ) from None
 
     def number(attr: str, env_name: str) -> int:
         value = getattr(args, attr, None)
@@ -261,6 +280,7 @@ def from_args(args: argparse.Namespace) -> Settings:
         log_level=str(pick(args.log_level, "ENFORCER_LOG_LEVEL", "info")),
         linger_ms=Settings.linger_ms if linger is None else linger,
         fetch_min_bytes=Settings.fetch_min_bytes if min_bytes is None else min_bytes,
+        registry_timeout=registry_timeout,
         max_record_bytes=number("max_record_bytes", "ENFORCER_MAX_RECORD_BYTES"),
         max_clock_skew_ms=number("max_clock_skew_ms", "ENFORCER_MAX_CLOCK_SKEW_MS"),
         accept_data_loss=accept,
@@ -285,6 +305,10 @@ def validate(s: Settings) -> None:
     if not 1 <= s.fetch_min_bytes <= 16 * 1024 * 1024:
         raise SettingsError(
             f"--fetch-min-bytes must be between 1 and 16 MiB, got {s.fetch_min_bytes}"
+        )
+    if not 1 <= s.registry_timeout <= 240:
+        raise SettingsError(
+            f"--registry-timeout must be between 1 and 240 seconds, got {s.registry_timeout:g}"
         )
     if not 64 * 1024 <= s.max_record_bytes <= 1_000_000_000:
         raise SettingsError(

@@ -18,6 +18,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <limits.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
@@ -72,10 +73,14 @@ typedef struct {
     PyObject *produce_when_room;        /* (topic, key, value, partition, headers) */
     PyObject *objected;                 /* consent.stored_objects(stored, platform) */
     PyObject *fallback;                 /* (message) -> None: the Python path */
-    PyObject *failed;                   /* (message, exception) -> None */
+    PyObject *failed;        /* (message, exception): a failure before any output record */
+    PyObject *output_failed; /* (message, exception): after the first; does not return */
+    long partitions;         /* of the internal topic: a user's is murmur2 modulo this */
+    Py_ssize_t max_post_bytes; /* a longer post goes to the Python path (the DLQ) */
     double bounds[MAX_BUCKETS];
     int nbounds;
     long long fixed_now; /* decided_at for every post when >= 0 (tests); else the clock */
+    int ready;           /* initialised */
 } FastGate;
 
 static PyObject *s_partition, *s_offset, *s_value, *s_headers, *s_timestamp, *s_get, *s_put;
@@ -83,32 +88,41 @@ static const char SOURCE_HEADER[] = "enforcer.source";
 
 /* -- Avro primitives ------------------------------------------------------------- */
 
+/* A zigzag varint in its one canonical form, as fastavro and Java write it: of an int
+ * (`bits` 32: at most 5 bytes, 32 bits) or of a long (64: 10 bytes, 64 bits), with no
+ * byte more than its value needs (a last byte of 0 is one more). -1 for anything else,
+ * valid or not: the Python path decides (it refuses what is invalid, and decodes and
+ * encodes anew what is valid but not canonical), so that only canonical bytes are ever
+ * copied into an output. */
 static inline int read_varint(const unsigned char *d, Py_ssize_t *pos, Py_ssize_t end,
-                              uint64_t *out) {
+                              int bits, int64_t *out) {
+    const int max = bits == 32 ? 5 : 10;
     uint64_t v = 0;
     Py_ssize_t p = *pos;
-    for (int i = 0; i < 10; i++) {
+    for (int i = 0; i < max; i++) {
         if (p >= end) return -1;
         unsigned char b = d[p++];
-        if (i == 9 && b > 1) return -1; /* beyond 64 bits: left to the Python path */
-        v |= (uint64_t)(b & 0x7F) << (7 * i);
         if (!(b & 0x80)) {
+            if (i > 0 && b == 0) return -1;                  /* longer than needed */
+            if (i == max - 1 && (b >> (bits - 7 * i))) return -1; /* beyond `bits` */
+            v |= (uint64_t)b << (7 * i);
             *pos = p;
-            *out = v;
+            *out = (int64_t)(v >> 1) ^ -(int64_t)(v & 1);
             return 0;
         }
+        v |= (uint64_t)(b & 0x7F) << (7 * i);
     }
-    return -1;
+    return -1; /* longer than `max` bytes */
 }
 
-static inline int64_t unzigzag(uint64_t u) { return (int64_t)(u >> 1) ^ -(int64_t)(u & 1); }
+static inline int read_int(const unsigned char *d, Py_ssize_t *pos, Py_ssize_t end,
+                           int64_t *out) {
+    return read_varint(d, pos, end, 32, out);
+}
 
 static inline int read_long(const unsigned char *d, Py_ssize_t *pos, Py_ssize_t end,
                             int64_t *out) {
-    uint64_t u;
-    if (read_varint(d, pos, end, &u) < 0) return -1;
-    *out = unzigzag(u);
-    return 0;
+    return read_varint(d, pos, end, 64, out);
 }
 
 static inline Py_ssize_t put_long(unsigned char *o, int64_t n) {
@@ -164,8 +178,22 @@ static int utf8_valid(const unsigned char *s, Py_ssize_t n) {
     return 1;
 }
 
-/* One value of a (non-union, non-array) kind; for strings its content's span, for
- * booleans, ints, longs and enums its value. */
+/* A float's or double's bits are a NaN: fastavro may not write back the bits it read
+ * (a float's payload goes through a double), so the Python path encodes it anew. */
+static inline int is_nan(const unsigned char *p, int size) {
+    if (size == 4) {
+        uint32_t u = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+                     (uint32_t)p[3] << 24;
+        return (u & 0x7F800000u) == 0x7F800000u && (u & 0x007FFFFFu);
+    }
+    uint64_t u = 0;
+    for (int i = 7; i >= 0; i--) u = (u << 8) | p[i];
+    return (u & 0x7FF0000000000000ull) == 0x7FF0000000000000ull && (u & 0x000FFFFFFFFFFFFFull);
+}
+
+/* One value of a (non-union, non-array) kind, in its canonical encoding; for strings
+ * its content's span, for booleans, ints, longs and enums its value. Java reads an int
+ * for the lengths of strings and bytes and for enum and union indexes. */
 static int scan_simple(const unsigned char *d, Py_ssize_t *pos, Py_ssize_t end, int kind,
                        long long arg, Py_ssize_t *start, Py_ssize_t *len, int64_t *value) {
     int64_t n;
@@ -177,58 +205,56 @@ static int scan_simple(const unsigned char *d, Py_ssize_t *pos, Py_ssize_t end, 
         *value = d[(*pos)++];
         return 0;
     case K_INT:
-        if (read_long(d, pos, end, &n) < 0 || n < INT32_MIN || n > INT32_MAX) return -1;
-        *value = n;
-        return 0;
+        return read_int(d, pos, end, value);
     case K_LONG:
         return read_long(d, pos, end, value);
     case K_FLOAT:
     case K_DOUBLE: {
-        Py_ssize_t size = kind == K_FLOAT ? 4 : 8;
-        if (end - *pos < size) return -1;
+        int size = kind == K_FLOAT ? 4 : 8;
+        if (end - *pos < size || is_nan(d + *pos, size)) return -1;
         *pos += size;
         return 0;
     }
     case K_STRING:
     case K_BYTES:
-        if (read_long(d, pos, end, &n) < 0 || n < 0 || n > end - *pos) return -1;
+        if (read_int(d, pos, end, &n) < 0 || n < 0 || n > end - *pos) return -1;
         if (kind == K_STRING && !utf8_valid(d + *pos, (Py_ssize_t)n)) return -1;
         *start = *pos;
         *len = (Py_ssize_t)n;
         *pos += (Py_ssize_t)n;
         return 0;
     case K_ENUM:
-        if (read_long(d, pos, end, &n) < 0 || n < 0 || n >= arg) return -1;
+        if (read_int(d, pos, end, &n) < 0 || n < 0 || n >= arg) return -1;
         *value = n;
         return 0;
     }
     return -1;
 }
 
+/* One field. An array only in its canonical form: one block of a positive count (a
+ * long), then a count of 0; or only the 0. */
 static int scan_field(const FieldSpec *f, const unsigned char *d, Py_ssize_t *pos,
                       Py_ssize_t end, Py_ssize_t *start, Py_ssize_t *len, int64_t *value) {
     int64_t n;
     if (f->kind == K_UNION) {
-        if (read_long(d, pos, end, &n) < 0) return -1;
+        if (read_int(d, pos, end, &n) < 0) return -1;
         if (n == f->arg) return 0; /* null */
         if (n != 1 - f->arg) return -1;
         return scan_simple(d, pos, end, f->inner, f->inner_arg, start, len, value);
     }
     if (f->kind == K_ARRAY) {
-        for (;;) {
-            int64_t count, size;
-            Py_ssize_t s, l;
-            int64_t v;
-            if (read_long(d, pos, end, &count) < 0) return -1;
-            if (count == 0) return 0;
-            if (count < 0) {
-                if (count == INT64_MIN || read_long(d, pos, end, &size) < 0) return -1;
-                count = -count;
-            }
-            if (count > end - *pos) return -1; /* every item takes a byte at least */
-            for (int64_t i = 0; i < count; i++)
-                if (scan_simple(d, pos, end, f->inner, f->inner_arg, &s, &l, &v) < 0) return -1;
-        }
+        int64_t count;
+        Py_ssize_t s, l;
+        int64_t v;
+        if (read_long(d, pos, end, &count) < 0) return -1;
+        if (count == 0) return 0;
+        /* negative: a block with its size (not canonical); beyond the end: every item
+         * takes a byte at least (arrays of nulls are refused at set-up) */
+        if (count < 0 || count > end - *pos) return -1;
+        for (int64_t i = 0; i < count; i++)
+            if (scan_simple(d, pos, end, f->inner, f->inner_arg, &s, &l, &v) < 0) return -1;
+        if (read_long(d, pos, end, &count) < 0 || count != 0) return -1; /* one block */
+        return 0;
     }
     return scan_simple(d, pos, end, f->kind, f->arg, start, len, value);
 }
@@ -303,17 +329,38 @@ static void FastGate_dealloc(FastGate *self) {
     Py_XDECREF(self->objected);
     Py_XDECREF(self->fallback);
     Py_XDECREF(self->failed);
+    Py_XDECREF(self->output_failed);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 #define KEEP(field, obj) (Py_INCREF(obj), self->field = (obj))
 
-/* FastGate(schema, rules, training, decision, topics, state, callbacks, bounds): see
- * streams/native.py, which is the only caller. */
+/* A field's kind and arguments are ones scan_field handles. */
+static int field_ok(const FieldSpec *f) {
+    switch (f->kind) {
+    case K_ENUM:
+        return f->arg >= 1 && f->arg <= INT32_MAX;
+    case K_UNION:
+    case K_ARRAY:
+        if (f->kind == K_UNION && f->arg != 0 && f->arg != 1) return 0;
+        if (f->inner <= K_NULL || f->inner > K_ENUM) return 0; /* no nulls, arrays, unions */
+        return f->inner != K_ENUM || (f->inner_arg >= 1 && f->inner_arg <= INT32_MAX);
+    default:
+        return f->kind >= K_NULL && f->kind < K_ENUM;
+    }
+}
+
+/* FastGate(schema, rules, training, decision, topics, state, callbacks, bounds, limits):
+ * see streams/native.py, which is the only caller. Every index it gives is checked. */
 static int FastGate_init(FastGate *self, PyObject *args, PyObject *kwds) {
     PyObject *schema, *rules, *training, *decision, *topics, *state, *callbacks, *bounds;
-    if (!PyArg_ParseTuple(args, "OOOOOOOO", &schema, &rules, &training, &decision, &topics,
-                          &state, &callbacks, &bounds))
+    PyObject *limits;
+    if (self->post_prefix) {
+        PyErr_SetString(PyExc_TypeError, "FastGate is initialised once");
+        return -1;
+    }
+    if (!PyArg_ParseTuple(args, "OOOOOOOOO", &schema, &rules, &training, &decision, &topics,
+                          &state, &callbacks, &bounds, &limits))
         return -1;
     PyObject *prefix, *fields, *picks, *symbols, *values;
     if (!PyArg_ParseTuple(schema, "SOOOO", &prefix, &fields, &picks, &symbols, &values))
@@ -328,6 +375,11 @@ static int FastGate_init(FastGate *self, PyObject *args, PyObject *kwds) {
             Py_DECREF(fseq);
             return -1;
         }
+        if (!field_ok(f)) {
+            Py_DECREF(fseq);
+            PyErr_SetString(PyExc_ValueError, "unsupported field kind");
+            return -1;
+        }
     }
     Py_DECREF(fseq);
     self->nfields = (int)nf;
@@ -336,11 +388,23 @@ static int FastGate_init(FastGate *self, PyObject *args, PyObject *kwds) {
         return -1;
     int picked[6] = {self->f_post,    self->f_user,       self->f_platform,
                      self->f_visibility, self->f_country, self->f_adult};
-    for (int i = 0; i < 6; i++)
+    const int picked_kind[6] = {K_STRING, K_STRING, K_ENUM, K_ENUM, K_STRING, K_BOOL};
+    for (int i = 0; i < 6; i++) {
         if (picked[i] < 0 || picked[i] >= nf) {
             PyErr_SetString(PyExc_ValueError, "field index out of range");
             return -1;
         }
+        if (self->fields[picked[i]].kind != picked_kind[i]) {
+            PyErr_SetString(PyExc_ValueError, "a picked field is not of its kind");
+            return -1;
+        }
+    }
+    /* the rules table's size below is computed from these, in a long long */
+    if (self->fields[self->f_platform].arg > 0xFFFF ||
+        self->fields[self->f_visibility].arg > 0xFFFF) {
+        PyErr_SetString(PyExc_ValueError, "too many platforms or visibilities");
+        return -1;
+    }
     if (!PyTuple_Check(symbols) || !PyTuple_Check(values) ||
         PyTuple_GET_SIZE(symbols) != self->fields[self->f_platform].arg ||
         PyTuple_GET_SIZE(values) != PyTuple_GET_SIZE(symbols)) {
@@ -404,15 +468,16 @@ static int FastGate_init(FastGate *self, PyObject *args, PyObject *kwds) {
     KEEP(expected, expected);
     KEEP(repositioning, repos);
 
-    PyObject *produce, *when_room, *objected, *fallback, *failed;
-    if (!PyArg_ParseTuple(callbacks, "OOOOO", &produce, &when_room, &objected, &fallback,
-                          &failed))
+    PyObject *produce, *when_room, *objected, *fallback, *failed, *out_failed;
+    if (!PyArg_ParseTuple(callbacks, "OOOOOO", &produce, &when_room, &objected, &fallback,
+                          &failed, &out_failed))
         return -1;
     KEEP(produce, produce);
     KEEP(produce_when_room, when_room);
     KEEP(objected, objected);
     KEEP(fallback, fallback);
     KEEP(failed, failed);
+    KEEP(output_failed, out_failed);
 
     Py_ssize_t nb;
     PyObject *bseq = bounded_sequence(bounds, MAX_BUCKETS - 1, "latency buckets", &nb);
@@ -426,7 +491,13 @@ static int FastGate_init(FastGate *self, PyObject *args, PyObject *kwds) {
     }
     Py_DECREF(bseq);
     self->nbounds = (int)nb;
+    if (!PyArg_ParseTuple(limits, "ln", &self->partitions, &self->max_post_bytes)) return -1;
+    if (self->partitions < 1 || self->partitions > INT32_MAX || self->max_post_bytes < 0) {
+        PyErr_SetString(PyExc_ValueError, "partitions or the post size limit out of range");
+        return -1;
+    }
     self->fixed_now = -1;
+    self->ready = 1;
     return 0;
 }
 
@@ -498,40 +569,74 @@ static inline int64_t now_ms(void) {
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Java's murmur2 (org.apache.kafka.common.utils.Utils.murmur2), as records.py uses it
+ * through aiokafka: the partition of a user is (murmur2(user_id) & 0x7fffffff) modulo
+ * the partition count. */
+static uint32_t murmur2(const unsigned char *data, Py_ssize_t length) {
+    const uint32_t m = 0x5bd1e995u;
+    uint32_t h = 0x9747b28cu ^ (uint32_t)length;
+    Py_ssize_t length4 = length / 4;
+    for (Py_ssize_t i = 0; i < length4; i++) {
+        const unsigned char *q = data + 4 * i;
+        uint32_t k = (uint32_t)q[0] | (uint32_t)q[1] << 8 | (uint32_t)q[2] << 16 |
+                     (uint32_t)q[3] << 24;
+        k *= m;
+        k ^= k >> 24;
+        k *= m;
+        h *= m;
+        h ^= k;
+    }
+    const unsigned char *tail = data + 4 * length4;
+    switch (length % 4) {
+    case 3:
+        h ^= (uint32_t)tail[2] << 16;
+        /* fall through */
+    case 2:
+        h ^= (uint32_t)tail[1] << 8;
+        /* fall through */
+    case 1:
+        h ^= tail[0];
+        h *= m;
+    }
+    h ^= h >> 13;
+    h *= m;
+    h ^= h >> 15;
+    return h;
+}
+
+/* Where writing a post's outputs failed: nothing of it was produced yet (the ledger
+ * write, or encoding), or after its first output record. */
+enum { EMITTED = 0, FAILED_BEFORE = -1, FAILED_AFTER = -2 };
+
 /* The outputs of a post already decided (the point of no return: its offset is
- * processed whatever happens here). 0, or -1 with an exception set. */
+ * processed whatever happens here), in the order of Processor._post_as_bytes: its
+ * records encoded; a published post added to the ledger (RocksDB, then its changelog
+ * record), so that it is always retractable; then its TrainingRecord; then its
+ * Decision. EMITTED, or FAILED_BEFORE / FAILED_AFTER with an exception set. */
 static int emit(FastGate *self, const unsigned char *d, const Py_ssize_t *starts,
                 PyObject *post_key, PyObject *user, int published, int reason,
                 PyObject *partition, PyObject *ledger_db, const unsigned char *topic,
                 Py_ssize_t topic_len, uint32_t src_partition, int64_t src_offset,
                 int64_t now, int platform) {
-    PyObject *value;
-    if (published) {
-        Py_ssize_t nm = PyBytes_GET_SIZE(self->t_middle);
-        char *given = PyMem_Malloc(nm + 10);
-        if (!given) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        memcpy(given, PyBytes_AS_STRING(self->t_middle), nm);
-        Py_ssize_t n = nm + put_long((unsigned char *)given + nm, now);
-        value = splice(self->t_prefix, d, starts, self->t_spans, self->t_nspans, given, n);
-        PyMem_Free(given);
-        if (!value) return -1;
-        int rc = produce(self, self->training_topic, value, post_key, NULL);
-        Py_DECREF(value);
-        if (rc < 0) return -1;
-    }
+    PyObject *training = NULL, *decision = NULL, *choices;
+    char *given;
+    Py_ssize_t n;
+    int rc = FAILED_BEFORE;
     /* Decision: outcome, reason and policy_version; decided_at; source_topic,
      * source_partition, source_offset; replay_id */
-    PyObject *middle = PyTuple_GET_ITEM(published ? self->d_published : self->d_blocked, reason);
+    choices = published ? self->d_published : self->d_blocked;
+    if (reason < 0 || reason >= PyTuple_GET_SIZE(choices)) {
+        PyErr_SetString(PyExc_IndexError, "reason out of range");
+        return FAILED_BEFORE;
+    }
+    PyObject *middle = PyTuple_GET_ITEM(choices, reason);
     Py_ssize_t nm = PyBytes_GET_SIZE(middle), nt = PyBytes_GET_SIZE(self->d_tail);
-    char *given = PyMem_Malloc(nm + topic_len + nt + 40);
+    given = PyMem_Malloc(nm + topic_len + nt + 40); /* four varints of 10 bytes at most */
     if (!given) {
         PyErr_NoMemory();
-        return -1;
+        return FAILED_BEFORE;
     }
-    Py_ssize_t n = 0;
+    n = 0;
     memcpy(given, PyBytes_AS_STRING(middle), nm);
     n += nm;
     n += put_long((unsigned char *)given + n, now);
@@ -542,37 +647,97 @@ static int emit(FastGate *self, const unsigned char *d, const Py_ssize_t *starts
     n += put_long((unsigned char *)given + n, src_offset);
     memcpy(given + n, PyBytes_AS_STRING(self->d_tail), nt);
     n += nt;
-    value = splice(self->d_prefix, d, starts, self->d_spans, self->d_nspans, given, n);
+    decision = splice(self->d_prefix, d, starts, self->d_spans, self->d_nspans, given, n);
     PyMem_Free(given);
-    if (!value) return -1;
-    int rc = produce(self, self->decisions_topic, value, post_key, NULL);
-    Py_DECREF(value);
-    if (rc < 0) return -1;
-    if (!published) return 0;
-    /* the ledger: the post is live (a held removal of it is dropped) */
-    PyObject *key = ledger_key(PyBytes_AS_STRING(user), PyBytes_GET_SIZE(user),
-                               PyBytes_AS_STRING(post_key), PyBytes_GET_SIZE(post_key));
-    if (!key) return -1;
-    if (PyDict_GET_SIZE(self->held)) {
-        PyObject *pk = PyTuple_Pack(2, partition, key);
-        if (!pk || (PyDict_DelItem(self->held, pk) < 0 && !PyErr_ExceptionMatches(PyExc_KeyError))) {
-            Py_XDECREF(pk);
-            Py_DECREF(key);
-            return -1;
+    if (!decision) return FAILED_BEFORE;
+    if (published) {
+        /* TrainingRecord: policy_version; decided_at */
+        nm = PyBytes_GET_SIZE(self->t_middle);
+        given = PyMem_Malloc(nm + 10);
+        if (!given) {
+            PyErr_NoMemory();
+            goto done;
         }
-        PyErr_Clear();
-        Py_DECREF(pk);
-    }
-    PyObject *platform_value = PyTuple_GET_ITEM(self->platform_values, platform);
-    PyObject *r = PyObject_CallMethodObjArgs(ledger_db, s_put, key, platform_value, NULL);
-    if (!r) {
+        memcpy(given, PyBytes_AS_STRING(self->t_middle), nm);
+        n = nm + put_long((unsigned char *)given + nm, now);
+        training = splice(self->t_prefix, d, starts, self->t_spans, self->t_nspans, given, n);
+        PyMem_Free(given);
+        if (!training) goto done;
+
+        /* the ledger: the post is live (a held removal of it is dropped) */
+        if (platform < 0 || platform >= PyTuple_GET_SIZE(self->platform_values)) {
+            PyErr_SetString(PyExc_IndexError, "platform out of range");
+            goto done;
+        }
+        PyObject *key = ledger_key(PyBytes_AS_STRING(user), PyBytes_GET_SIZE(user),
+                                   PyBytes_AS_STRING(post_key), PyBytes_GET_SIZE(post_key));
+        if (!key) goto done;
+        if (PyDict_GET_SIZE(self->held)) {
+            PyObject *pk = PyTuple_Pack(2, partition, key);
+            if (!pk || (PyDict_DelItem(self->held, pk) < 0 &&
+                        !PyErr_ExceptionMatches(PyExc_KeyError))) {
+                Py_XDECREF(pk);
+                Py_DECREF(key);
+                goto done;
+            }
+            PyErr_Clear();
+            Py_DECREF(pk);
+        }
+        PyObject *platform_value = PyTuple_GET_ITEM(self->platform_values, platform);
+        PyObject *r = PyObject_CallMethodObjArgs(ledger_db, s_put, key, platform_value, NULL);
+        if (!r) {
+            Py_DECREF(key);
+            goto done;
+        }
+        Py_DECREF(r);
+        int failed = produce(self, self->ledger_topic, platform_value, key, partition);
         Py_DECREF(key);
-        return -1;
+        if (failed) goto done;
     }
-    Py_DECREF(r);
-    rc = produce(self, self->ledger_topic, platform_value, key, partition);
-    Py_DECREF(key);
+    /* from here on, a failure is after the ledger write or an output record */
+    rc = FAILED_AFTER;
+    if (training && produce(self, self->training_topic, training, post_key, NULL) < 0) goto done;
+    if (produce(self, self->decisions_topic, decision, post_key, NULL) < 0) goto done;
+    rc = EMITTED;
+done:
+    Py_XDECREF(training);
+    Py_XDECREF(decision);
     return rc;
+}
+
+/* Call a failure callback (message, the exception set); -1 if it failed. */
+static int report_failure(PyObject *callback, PyObject *message) {
+    PyObject *type, *exc, *tb;
+    PyErr_Fetch(&type, &exc, &tb);
+    PyErr_NormalizeException(&type, &exc, &tb);
+    if (tb) PyException_SetTraceback(exc, tb);
+    PyObject *r = PyObject_CallFunctionObjArgs(callback, message, exc ? exc : Py_None, NULL);
+    Py_XDECREF(type);
+    Py_XDECREF(exc);
+    Py_XDECREF(tb);
+    if (!r) return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* A post of the current schema in its canonical encoding, scanned: where each field
+ * starts (starts[nfields] is the end), the span of each string's content, the value of
+ * each boolean, int, long and enum. -1 for anything else (another schema, invalid or
+ * non-canonical bytes, trailing bytes). */
+static int scan_post(FastGate *self, const unsigned char *d, Py_ssize_t end, Py_ssize_t *starts,
+                     Py_ssize_t *sstart, Py_ssize_t *slen, int64_t *ivalue) {
+    Py_ssize_t plen = PyBytes_GET_SIZE(self->post_prefix);
+    if (end < plen || memcmp(d, PyBytes_AS_STRING(self->post_prefix), plen) != 0) return -1;
+    Py_ssize_t pos = plen;
+    for (int i = 0; i < self->nfields; i++) {
+        starts[i] = pos;
+        sstart[i] = slen[i] = 0;
+        ivalue[i] = 0;
+        if (scan_field(&self->fields[i], d, &pos, end, &sstart[i], &slen[i], &ivalue[i]) < 0)
+            return -1;
+    }
+    starts[self->nfields] = pos;
+    return pos == end ? 0 : -1;
 }
 
 /* 1: decided here (written, or handed to the failure callback); 0: not for the fast
@@ -616,28 +781,32 @@ static int decide(FastGate *self, PyObject *message, Stats *stats) {
     if (!value) goto error;
     if (!PyBytes_Check(value)) goto done;
     const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(value);
-    Py_ssize_t end = PyBytes_GET_SIZE(value), plen = PyBytes_GET_SIZE(self->post_prefix);
-    if (end < plen || memcmp(d, PyBytes_AS_STRING(self->post_prefix), plen) != 0) goto done;
-    Py_ssize_t pos = plen, starts[MAX_FIELDS + 1], sstart[MAX_FIELDS], slen[MAX_FIELDS];
+    Py_ssize_t end = PyBytes_GET_SIZE(value);
+    if (end > self->max_post_bytes) goto done; /* too large to republish: the DLQ */
+    Py_ssize_t starts[MAX_FIELDS + 1], sstart[MAX_FIELDS], slen[MAX_FIELDS];
     int64_t ivalue[MAX_FIELDS];
-    for (int i = 0; i < self->nfields; i++) {
-        starts[i] = pos;
-        sstart[i] = slen[i] = 0;
-        ivalue[i] = 0;
-        if (scan_field(&self->fields[i], d, &pos, end, &sstart[i], &slen[i], &ivalue[i]) < 0)
-            goto done;
-    }
-    starts[self->nfields] = pos;
-    if (pos != end) goto done;
+    if (scan_post(self, d, end, starts, sstart, slen, ivalue) < 0) goto done;
     const unsigned char *country = d + sstart[self->f_country];
+    const unsigned char *user_id = d + sstart[self->f_user];
     if (!id_ok(d + sstart[self->f_post], slen[self->f_post]) ||
-        !id_ok(d + sstart[self->f_user], slen[self->f_user]) || slen[self->f_country] != 2 ||
+        !id_ok(user_id, slen[self->f_user]) || slen[self->f_country] != 2 ||
         country[0] < 'A' || country[0] > 'Z' || country[1] < 'A' || country[1] > 'Z')
         goto done;
+    /* the values the rules table is indexed by, checked again */
+    int64_t platform = ivalue[self->f_platform], visibility = ivalue[self->f_visibility];
+    int64_t adult = ivalue[self->f_adult];
+    if (platform < 0 || platform >= self->n_platforms || visibility < 0 ||
+        visibility >= self->n_visibilities || adult < 0 || adult > 1)
+        goto done;
 
-    /* the next expected record of its partition */
+    /* a user of the partition it arrived on, the next expected record there */
     partition = PyObject_GetAttr(message, s_partition);
     if (!partition) goto error;
+    long partition_n = PyLong_AsLong(partition);
+    if (partition_n == -1 && PyErr_Occurred()) goto error;
+    if ((long)((murmur2(user_id, slen[self->f_user]) & 0x7FFFFFFFu) % (uint32_t)self->partitions) !=
+        partition_n)
+        goto done; /* its user's state is elsewhere: the DLQ */
     offset_obj = PyObject_GetAttr(message, s_offset);
     if (!offset_obj) goto error;
     PyObject *expected = PyDict_GetItemWithError(self->expected, partition);
@@ -660,8 +829,7 @@ static int decide(FastGate *self, PyObject *message, Stats *stats) {
     Py_INCREF(ledger_db);
 
     /* consent and the rules */
-    int platform = (int)ivalue[self->f_platform];
-    user = PyBytes_FromStringAndSize((const char *)d + sstart[self->f_user], slen[self->f_user]);
+    user = PyBytes_FromStringAndSize((const char *)user_id, slen[self->f_user]);
     if (!user) goto error;
     stored = PyObject_CallMethodOneArg(consent_db, s_get, user);
     if (!stored) goto error;
@@ -674,10 +842,11 @@ static int decide(FastGate *self, PyObject *message, Stats *stats) {
         Py_DECREF(r);
         if (objected < 0) goto error;
     }
+    if (objected > 1) goto done;
     long long index =
-        ((((long long)platform * self->n_visibilities + ivalue[self->f_visibility]) * 2 +
-          ivalue[self->f_adult]) * COUNTRIES +
+        (((platform * self->n_visibilities + visibility) * 2 + adult) * COUNTRIES +
          (country[0] - 'A') * 26 + (country[1] - 'A')) * 2 + objected;
+    if (index < 0 || index >= PyBytes_GET_SIZE(self->reasons)) goto done;
     int reason = ((const unsigned char *)PyBytes_AS_STRING(self->reasons))[index];
     if (reason >= self->nreasons) goto done;
     int published = reason == self->eligible;
@@ -716,28 +885,24 @@ static int decide(FastGate *self, PyObject *message, Stats *stats) {
     /* decided: the offset is processed from here on, whatever happens */
     long long next = PyLong_AsLongLong(offset_obj);
     if (next == -1 && PyErr_Occurred()) goto error;
+    if (next < 0 || next == LLONG_MAX) goto done;
     PyObject *next_obj = PyLong_FromLongLong(next + 1);
     if (!next_obj) goto error;
     int set = PyDict_SetItem(self->expected, partition, next_obj);
     Py_DECREF(next_obj);
     if (set < 0) goto error;
     int64_t now = self->fixed_now >= 0 ? self->fixed_now : now_ms();
-    if (emit(self, d, starts, post_key, user, published, reason, partition, ledger_db, h + 16,
-             topic_len, src_partition, src_offset, now, platform) < 0) {
-        PyObject *type, *exc, *tb;
-        PyErr_Fetch(&type, &exc, &tb);
-        PyErr_NormalizeException(&type, &exc, &tb);
-        if (tb) PyException_SetTraceback(exc, tb);
-        PyObject *r = PyObject_CallFunctionObjArgs(self->failed, message, exc, NULL);
-        Py_XDECREF(type);
-        Py_XDECREF(exc);
-        Py_XDECREF(tb);
-        if (!r) {
-            result = -2; /* the failure handler failed: stop */
-            goto cleanup;
-        }
-        Py_DECREF(r);
-        result = 1;
+    int emitted = emit(self, d, starts, post_key, user, published, reason, partition,
+                       ledger_db, h + 16, topic_len, src_partition, src_offset, now,
+                       (int)platform);
+    if (emitted == FAILED_BEFORE) { /* nothing published: to the DLQ */
+        result = report_failure(self->failed, message) < 0 ? -2 : 1;
+        goto cleanup;
+    }
+    /* after the ledger write: output_failed stops the worker (it returns in tests only,
+     * and then the post counts as decided, as in Python) */
+    if (emitted == FAILED_AFTER && report_failure(self->output_failed, message) < 0) {
+        result = -2;
         goto cleanup;
     }
     stats->counts[(published ? 0 : self->nreasons) + reason]++;
@@ -746,7 +911,7 @@ static int decide(FastGate *self, PyObject *message, Stats *stats) {
         double sent = PyFloat_AsDouble(ts);
         if (!(sent == -1.0 && PyErr_Occurred())) {
             double seconds = (double)now / 1000.0 - sent * stats->scale;
-            if (seconds < 0.0) seconds = 0.0;
+            if (!(seconds > 0.0)) seconds = 0.0; /* max(0.0, seconds), NaN included */
             int bucket = 0; /* bisect_left */
             while (bucket < self->nbounds && self->bounds[bucket] < seconds) bucket++;
             stats->buckets[bucket]++;
@@ -783,6 +948,10 @@ static PyObject *FastGate_run(FastGate *self, PyObject *args) {
     Stats stats;
     memset(&stats, 0, sizeof stats);
     if (!PyArg_ParseTuple(args, "Od", &messages, &stats.scale)) return NULL;
+    if (!self->ready) {
+        PyErr_SetString(PyExc_TypeError, "FastGate is not initialised");
+        return NULL;
+    }
     PyObject *it = PyObject_GetIter(messages);
     if (!it) return NULL;
     PyObject *message;
@@ -822,7 +991,34 @@ fail:
     return NULL;
 }
 
+/* scan(value) -> the starts of its fields and its end, or None (for tests) */
+static PyObject *FastGate_scan(FastGate *self, PyObject *value) {
+    if (!self->ready || !PyBytes_Check(value)) {
+        PyErr_SetString(PyExc_TypeError, "an initialised FastGate and bytes expected");
+        return NULL;
+    }
+    Py_ssize_t starts[MAX_FIELDS + 1], sstart[MAX_FIELDS], slen[MAX_FIELDS];
+    int64_t ivalue[MAX_FIELDS];
+    if (scan_post(self, (const unsigned char *)PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value),
+                  starts, sstart, slen, ivalue) < 0)
+        Py_RETURN_NONE;
+    PyObject *out = PyTuple_New(self->nfields + 1);
+    if (!out) return NULL;
+    for (int i = 0; i <= self->nfields; i++) {
+        PyObject *n = PyLong_FromSsize_t(starts[i]);
+        if (!n) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(out, i, n);
+    }
+    return out;
+}
+
 static PyMethodDef FastGate_methods[] = {
+    {"scan", (PyCFunction)FastGate_scan, METH_O,
+     "scan(value) -> where each field of a canonical current Post starts, and its end; "
+     "None for anything else (for tests)."},
     {"run", (PyCFunction)FastGate_run, METH_VARARGS,
      "run(messages, scale) -> (fast, decisions, buckets, latency_sum, latency_n): decide a "
      "batch in order; records not for the fast path go to the fallback callback."},

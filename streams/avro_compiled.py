@@ -7,8 +7,16 @@ does the same work in a fraction of that. Only flat records are compiled: fields
 primitive types, enums, arrays of primitives, and unions of ``null`` with one of
 those; ``compile_reader`` and ``compile_writer`` return None for anything else, and
 the codec then keeps fastavro. Both agree byte for byte with fastavro (a Hypothesis
-test checks it); readers reject what fastavro rejects (truncation, bad enum or union
-indexes, invalid UTF-8) and a little more (booleans other than 0 and 1). No Kafka here.
+test checks it). Readers reject what fastavro rejects (truncation, bad enum or union
+indexes, invalid UTF-8) and what the Avro specification and Java's reader refuse but
+fastavro reads anyway: a varint of more than 5 bytes or 32 bits where Java reads an
+int (int fields, enum and union indexes, string and bytes lengths), or of more than 10
+bytes or 64 bits where it reads a long (long fields, array block counts and sizes);
+and booleans other than 0 and 1. They accept, as Java does, a varint longer than it
+needs to be (``80 00`` for 0) and arrays in several blocks; a scanning reader, whose
+bytes are copied into other records (``compile_splice``), raises ``NonCanonical`` for
+those instead, so that only bytes equal to fastavro's encoding of the decoded record
+are ever copied. No Kafka here.
 """
 
 from __future__ import annotations
@@ -58,20 +66,47 @@ def encode_long(n: int) -> bytes:
 SMALL = tuple(encode_long(n) for n in range(64))
 
 
-def read_varint_rest(data: bytes, pos: int, first: int) -> tuple[int, int]:
-    """The rest of a varint whose first byte ``first`` had its high bit set (zigzag
-    not yet undone); returns (value, position after it)."""
-    value = first & 0x7F
-    shift = 7
-    while True:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint longer than 10 bytes")
+class NonCanonical(Exception):
+    """Valid Avro that is not the encoding fastavro (or Java) writes for its values: a
+    varint longer than it needs to be, an array in several blocks or with a negative
+    count, a NaN (whose bits a float may not keep). Raised by scanning readers only;
+    such a record is decoded and encoded again, never copied."""
+
+
+def _varint_rest(bits: int, canonical: bool) -> Callable[[bytes, int, int], tuple[int, int]]:
+    """A function reading the rest of a varint whose first byte ``first`` had its high
+    bit set (zigzag not yet undone), returning (value, position after it): at most as
+    many bytes as ``bits`` (32: an int, 5 bytes; 64: a long, 10 bytes) take, its
+    value in that many bits; with ``canonical``, no byte more than the value needs."""
+    last_shift = 7 * ((bits + 6) // 7 - 1)  # of the last byte allowed
+    what = "int" if bits == 32 else "long"
+    too_long = f"{what} varint longer than {(bits + 6) // 7} bytes"
+    too_big = f"{what} varint beyond {bits} bits"
+
+    def rest(data: bytes, pos: int, first: int) -> tuple[int, int]:
+        value = first & 0x7F
+        shift = 7
+        while True:
+            byte = data[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                break
+            if shift == last_shift:
+                raise ValueError(too_long)
+            shift += 7
+        if value >> bits:
+            raise ValueError(too_big)
+        if canonical and not byte:
+            raise NonCanonical(f"{what} varint longer than its value needs")
+        return value, pos
+
+    return rest
+
+
+# (int, long) rest readers: of decoding readers, of scanning readers
+_REST = {False: (_varint_rest(32, False), _varint_rest(64, False))}
+_REST[True] = (_varint_rest(32, True), _varint_rest(64, True))
 
 
 def _named_enums(node: Any, found: dict[str, Any]) -> dict[str, Any]:
@@ -136,10 +171,16 @@ class _Source:
         return f"v{self._n}"
 
 
-def _read_long(src: _Source, ind: int, target: str) -> None:
+def _read_long(src: _Source, ind: int, target: str, rest: str = "_rest") -> None:
+    """Source reading a zigzag varint into ``target``: a long (``_rest``), or an int
+    (``rest="_rest_int"``)."""
     src.line(ind, "x = data[pos]; pos += 1")
-    src.line(ind, "if x & 0x80: x, pos = _rest(data, pos, x)")
+    src.line(ind, f"if x & 0x80: x, pos = {rest}(data, pos, x)")
     src.line(ind, f"{target} = (x >> 1) ^ -(x & 1)")
+
+
+def _read_int(src: _Source, ind: int, target: str) -> None:
+    _read_long(src, ind, target, "_rest_int")
 
 
 def definition(node: Any, named: Mapping[str, Any]) -> Any:
@@ -152,8 +193,9 @@ def _resolved(src: _Source, node: Any) -> tuple[str | None, Any]:
     return _kind(node, src.named), definition(node, src.named)
 
 
-def _read_value(src: _Source, ind: int, node: Any, target: str) -> None:
-    """Source reading one value of a compilable, non-union type into ``target``."""
+def _read_value(src: _Source, ind: int, node: Any, target: str, scan: bool = False) -> None:
+    """Source reading one value of a compilable, non-union type into ``target``; with
+    ``scan``, raising ``NonCanonical`` where the bytes are not the canonical encoding."""
     kind, node = _resolved(src, node)
     if kind == "null":
         src.line(ind, f"{target} = None")
@@ -161,13 +203,12 @@ def _read_value(src: _Source, ind: int, node: Any, target: str) -> None:
         src.line(ind, "x = data[pos]; pos += 1")
         src.line(ind, "if x > 1: raise ValueError('invalid boolean')")
         src.line(ind, f"{target} = x == 1")
-    elif kind == "int" or kind == "long":
+    elif kind == "int":
+        _read_int(src, ind, target)  # 32 bits: _rest_int checks
+    elif kind == "long":
         _read_long(src, ind, target)
-        if kind == "int":
-            check = f"if not {_INT_MIN} <= {target} <= {_INT_MAX}"
-            src.line(ind, f"{check}: raise ValueError('int out of range')")
     elif kind in ("string", "bytes"):
-        _read_long(src, ind, "n")
+        _read_int(src, ind, "n")
         src.line(ind, "if n < 0 or pos + n > end: raise _length(n)")
         if kind == "string":
             src.line(ind, f"{target} = data[pos:pos + n].decode(); pos += n")
@@ -179,28 +220,52 @@ def _read_value(src: _Source, ind: int, node: Any, target: str) -> None:
         unpack = src.constant(fmt.unpack_from)
         src.line(ind, f"if pos + {size} > end: raise EOFError")
         src.line(ind, f"{target} = {unpack}(data, pos)[0]; pos += {size}")
+        if scan:
+            src.line(ind, f"if {target} != {target}: raise _NonCanonical('NaN')")
     elif kind == "enum":
         symbols = src.constant(tuple(node["symbols"]))
-        _read_long(src, ind, "i")
+        _read_int(src, ind, "i")
         count = len(node["symbols"])
         src.line(ind, f"if not 0 <= i < {count}: raise ValueError('enum index ' + str(i))")
         src.line(ind, f"{target} = {symbols}[i]")
     elif kind == "array":
-        items = src.tmp()
-        src.line(ind, f"{items} = []")
+        _read_array(src, ind, node["items"], target, scan)
+    else:  # pragma: no cover - _kind guards every call
+        raise AssertionError(kind)
+
+
+def _read_array(src: _Source, ind: int, items_node: Any, target: str, scan: bool) -> None:
+    """Source reading an array: blocks of a count (a long; negative: followed by the
+    block's size in bytes, a long), items, until a count of 0. Scanning, only the
+    canonical form: one block with a positive count, or none."""
+    items, item = src.tmp(), src.tmp()
+    # items that take a byte at least: a count beyond the remaining bytes is truncated
+    nonempty = _kind(items_node, src.named) != "null"
+    src.line(ind, f"{items} = []")
+    if scan:
+        _read_long(src, ind, "c")
+        src.line(ind, "if c:")
+        src.line(ind + 1, "if c < 0: raise _NonCanonical('array count')")
+        if nonempty:
+            src.line(ind + 1, "if c > end - pos: raise EOFError")
+        src.line(ind + 1, "for _ in range(c):")
+        _read_value(src, ind + 2, items_node, item, scan)
+        src.line(ind + 2, f"{items}.append({item})")
+        _read_long(src, ind + 1, "c")
+        src.line(ind + 1, "if c: raise _NonCanonical('array in several blocks')")
+    else:
         src.line(ind, "while True:")
         _read_long(src, ind + 1, "c")
         src.line(ind + 1, "if c == 0: break")
         src.line(ind + 1, "if c < 0:")
         src.line(ind + 2, "c = -c")
         _read_long(src, ind + 2, "_size")
+        if nonempty:
+            src.line(ind + 1, "if c > end - pos: raise EOFError")
         src.line(ind + 1, "for _ in range(c):")
-        item = src.tmp()
-        _read_value(src, ind + 2, node["items"], item)
+        _read_value(src, ind + 2, items_node, item, scan)
         src.line(ind + 2, f"{items}.append({item})")
-        src.line(ind, f"{target} = {items}")
-    else:  # pragma: no cover - _kind guards every call
-        raise AssertionError(kind)
+    src.line(ind, f"{target} = {items}")
 
 
 def compile_reader(
@@ -214,7 +279,8 @@ def compile_reader(
     such field. With ``scan``, it returns ``((values, starts), end)`` instead: the
     field values as a tuple in schema order, and where each field's encoding starts
     (``starts[i]``; the last entry is the end), so that fields can be copied as bytes
-    (``compile_splice``) without building a record."""
+    (``compile_splice``) without building a record; it raises ``NonCanonical`` for
+    valid bytes that are not the canonical encoding of what they hold."""
     if schema.get("type") != "record":
         return None
     fields = schema["fields"]
@@ -239,13 +305,13 @@ def compile_reader(
         node = f["type"]
         if _kind(node, named) == "union":
             non_null = 1 if node[0] == "null" else 0
-            _read_long(src, 2, "u")
+            _read_int(src, 2, "u")
             src.line(2, f"if u == {1 - non_null}: {target} = None")
             src.line(2, f"elif u == {non_null}:")
-            _read_value(src, 3, node[non_null], target)
+            _read_value(src, 3, node[non_null], target, scan)
             src.line(2, "else: raise ValueError('union index ' + str(u))")
         else:
-            _read_value(src, 2, node, target)
+            _read_value(src, 2, node, target, scan)
     src.line(1, "except IndexError: raise EOFError from None")
     if scan:
         values = "".join(f"{target}, " for _, target in names)
@@ -254,7 +320,13 @@ def compile_reader(
     else:
         record = ", ".join(f"{name!r}: {target}" for name, target in names)
         src.line(1, f"return {{{record}}}, pos")
-    namespace: dict[str, Any] = {"_rest": read_varint_rest, "_length": _bad_length}
+    rest_int, rest_long = _REST[scan]
+    namespace: dict[str, Any] = {
+        "_rest": rest_long,
+        "_rest_int": rest_int,
+        "_length": _bad_length,
+        "_NonCanonical": NonCanonical,
+    }
     namespace.update(src.constants)
     exec(compile("\n".join(src.lines), f"<avro reader {schema.get('name')}>", "exec"), namespace)
     return namespace["read"]

@@ -34,7 +34,14 @@ from typing import Any
 import fastavro
 from fastavro.schema import to_parsing_canonical_form
 
-from .avro_compiled import Reader, Writer, compile_reader, compile_splice, compile_writer
+from .avro_compiled import (
+    NonCanonical,
+    Reader,
+    Writer,
+    compile_reader,
+    compile_splice,
+    compile_writer,
+)
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
@@ -439,16 +446,21 @@ class Codec:
     def scan(self, data: bytes, expect: str) -> tuple[tuple, tuple[int, ...]] | None:
         """An ``expect`` record's field values (a tuple in the order of ``field_names``)
         and where each field starts in ``data`` (the last entry is the end), for records
-        written with the current schema; None for other versions (``decode`` them).
+        written with the current schema; None for other versions, and for bytes that
+        are valid but not the canonical encoding of their values (``NonCanonical``):
+        ``decode`` those, so that what is written is encoded anew, never copied.
         Raises ``DecodeError`` exactly as ``decode`` does."""
-        current = self._scan_current.get(expect)
-        if current is not None and data[:10] == current[0]:  # the common case
-            return _read_whole(current[1], data, 10, expect)
-        version, start = self._writer_expecting(data, expect)
-        scanner = self._scanners.get(version.fingerprint)
-        if scanner is None or self.current[expect].fingerprint != version.fingerprint:
+        try:
+            current = self._scan_current.get(expect)
+            if current is not None and data[:10] == current[0]:  # the common case
+                return _read_whole(current[1], data, 10, expect)
+            version, start = self._writer_expecting(data, expect)
+            scanner = self._scanners.get(version.fingerprint)
+            if scanner is None or self.current[expect].fingerprint != version.fingerprint:
+                return None
+            return _read_whole(scanner, data, start, version.name)
+        except NonCanonical:
             return None
-        return _read_whole(scanner, data, start, version.name)
 
     def decode(self, data: bytes, expect: str | None = None) -> tuple[str, dict[str, Any]]:
         """Read a record into the current reader schema; returns (record name, datum).
@@ -467,11 +479,23 @@ class Codec:
         return version.name, _read_whole(read, data, start, version.name)
 
 
+# a compiled reader of each writer schema read through fastavro (None: not compilable),
+# by fingerprint: it refuses what fastavro reads but the specification does not allow
+_CHECKERS: dict[bytes, Reader | None] = {}
+
+
 def _fastavro_reader(writer: SchemaVersion, reader: SchemaVersion) -> Reader:
-    """A ``(data, pos) -> (datum, end)`` reader through fastavro's schema resolution."""
+    """A ``(data, pos) -> (datum, end)`` reader through fastavro's schema resolution,
+    of bytes a compiled reader of the writer schema accepts, where it compiles
+    (fastavro reads varints of any length and ints beyond 32 bits)."""
     resolve_into = None if reader.fingerprint == writer.fingerprint else reader.parsed
+    check = _CHECKERS.get(writer.fingerprint, _CHECKERS)
+    if check is _CHECKERS:
+        check = _CHECKERS[writer.fingerprint] = compile_reader(writer.parsed)
 
     def read(data: bytes, pos: int) -> tuple[dict[str, Any], int]:
+        if check is not None:
+            check(data, pos)
         buf = io.BytesIO(data)
         buf.seek(pos)
         datum = fastavro.schemaless_reader(buf, writer.parsed, resolve_into)
@@ -486,6 +510,8 @@ def _read_datum(reader: Reader, data: bytes, start: int, name: str) -> tuple[dic
         return reader(data, start)
     except EOFError:
         raise DecodeError(f"truncated {name} datum") from None
+    except NonCanonical:  # a scanning reader's: the caller decodes instead
+        raise
     except Exception as exc:  # corrupt lengths, indexes, UTF-8; fastavro raises many types
         raise DecodeError(f"corrupt {name} datum: {type(exc).__name__}: {exc}") from None
 

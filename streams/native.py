@@ -1,10 +1,12 @@
 """The gate's per-post fast path in C (``_native.c``), set up from the schemas, the
 policy and the gate's state; optional.
 
-It decides the common post (current schema, packed source header, next expected
-offset, published or blocked) with the same reads, writes and bytes as
-``Processor._post_as_bytes``, without the interpreter's cost per post; it hands every
-other record, before any side effect, to ``Processor.process_one``. The rules stay
+It decides the common post (current schema in its canonical encoding, packed source
+header, a user of the partition it arrived on, not over ``Processor.max_post_bytes``,
+next expected offset, published or blocked) with the same reads, writes, bytes and
+failure handling as ``Processor._post_as_bytes``, without the interpreter's cost per
+post; it hands every other record, before any side effect, to
+``Processor.process_one``. The rules stay
 here in Python: the fast path reads the reason from a table filled by calling
 ``Policy.reason_of`` for every combination of the fields they read, and asks
 ``consent.py`` whether a user with consent state objects. The gate decides every post
@@ -45,15 +47,9 @@ _KINDS = {
     "array": 9,
     "union": 10,
 }
-# the Post fields the fast path reads, and the kind each must have
-PICKED = (
-    ("post_id", "string"),
-    ("user_id", "string"),
-    ("platform", "enum"),
-    ("visibility", "enum"),
-    ("author_country", "string"),
-    ("author_is_adult", "boolean"),
-)
+# the kind of each Post field the fast path reads, in the order of agents.POST_FIELDS
+# (post id, user id, platform, visibility, country, adult: _native.c reads them so)
+PICKED_KINDS = ("string", "string", "enum", "enum", "string", "boolean")
 COUNTRIES = tuple(a + b for a in ascii_uppercase for b in ascii_uppercase)  # as _native.c
 REASONS = tuple(Reason)
 
@@ -130,8 +126,10 @@ def make_fast_gate(processor: Any) -> Any:
     named = _named_enums(post["fields"], {})
     names = [f["name"] for f in post["fields"]]
     program = field_program(post)
+    from .agents import POST_FIELDS  # here: agents imports this module
+
     picks = []
-    for name, kind in PICKED:
+    for name, kind in zip(POST_FIELDS, PICKED_KINDS, strict=True):
         if name not in names:
             raise Unsupported(f"Post has no field {name}")
         index = names.index(name)
@@ -206,8 +204,10 @@ def make_fast_gate(processor: Any) -> Any:
             stored_objects,
             processor.process_one,
             processor.fast_failed,
+            processor.output_failed,
         ),
         LATENCY_BUCKETS,
+        (settings.partitions, processor.max_post_bytes),
     )
 
 

@@ -5,6 +5,8 @@ runs over in-memory tables and a recording producer (``test_splice``)."""
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -15,9 +17,9 @@ import streams.agents as agents
 from streams import native
 from streams.codec import OBJECTION, POST
 from streams.policy import load_policy
-from streams.records import KIND_OBJECTION, KIND_POST
+from streams.records import KIND_OBJECTION, KIND_POST, partition_for_user
 from tests.unit.strategies import objections, policies, posts
-from tests.unit.test_splice import CODEC, POST_RECORD, _gate, _message
+from tests.unit.test_splice import CODEC, POST_RECORD, MemoryDB, _gate, _message
 
 pytestmark = pytest.mark.skipif(native._native is None, reason="the C extension is not built here")
 NOW = 1_764_000_000_000
@@ -126,12 +128,13 @@ def test_the_fast_path_decides_current_posts_and_leaves_the_rest():
         "channel": "WEB_FORM",
     }
     inputs = [
-        (KIND_POST, POST_RECORD, True),  # first of partition 0: the tables open in Python
+        (KIND_POST, POST_RECORD, True),  # published here
         (KIND_POST, {**POST_RECORD, "post_id": "p2"}, True),  # published here
         (KIND_POST, {**POST_RECORD, "post_id": "p3", "visibility": "PRIVATE"}, True),  # blocked
         (KIND_OBJECTION, objection, True),  # Python: retracts p1 and p2
         (KIND_POST, {**POST_RECORD, "post_id": "p4"}, True),  # objected: blocked here
         (KIND_POST, POST_RECORD, True),  # p1 again: no longer live, blocked here
+        (KIND_POST, {**POST_RECORD, "visibility": "PRIVATE"}, True),  # live: Python retracts
     ]
     processor, _ = _gate(True, policy)
     calls = []
@@ -139,8 +142,8 @@ def test_the_fast_path_decides_current_posts_and_leaves_the_rest():
     processor.process_one = lambda m: (calls.append(m.offset), fallback(m))
     processor._fast = native.make_fast_gate(processor)
     processor.offsets.start(0, 0)
-    processor.process(_messages(inputs))
-    assert calls == [0, 3]
+    processor.process(_messages(inputs[:6]))
+    assert calls == [3]
     reasons = [(k, n) for k, n in sorted(processor.metrics.decisions.items())]
     assert reasons == [
         (("BLOCKED", "NOT_PUBLIC"), 1),
@@ -152,39 +155,149 @@ def test_the_fast_path_decides_current_posts_and_leaves_the_rest():
     assert processor.metrics.latency_n == 5  # posts only
 
 
-def _refused_once(use_native: bool) -> tuple:
-    """Two posts; the broker client refuses the second one's Decision (once)."""
-    armed = []
+def test_the_fast_path_leaves_other_partitions_users_and_posts_too_large_to_python():
+    """Before any side effect: the Python gate dead-letters both."""
+    processor, out = _gate(True, load_policy())
+    processor.settings = replace(processor.settings, partitions=8)
+    processor.max_post_bytes = 200
+    calls = []
+    fallback = processor.process_one
+    processor.process_one = lambda m: (calls.append((m.partition, m.offset)), fallback(m))
+    processor._fast = native.make_fast_gate(processor)
+    home = partition_for_user(b"u1", 8)
+    processor.offsets.start(home, 0)
+    processor.offsets.start((home + 1) % 8, 0)
+    post = CODEC.encode(POST, POST_RECORD)
+    big = CODEC.encode(POST, {**POST_RECORD, "text": "x" * 200})
+    messages = [
+        _at(_message(KIND_POST, post, 0, "u1"), home),  # decided here
+        _at(_message(KIND_POST, post, 0, "u1"), (home + 1) % 8),  # another partition's user
+        _at(_message(KIND_POST, big, 1, "u1"), home),  # too large
+        _at(_message(KIND_POST, post, 2, "u1"), home),  # decided here
+    ]
+    processor.process(messages)
+    assert calls == [((home + 1) % 8, 0), (home, 1)]
+    dlq = [dict(r[4])["error"] for r in out.records if r[0] == "enforcer-dlq"]
+    assert [e.split(b":")[0] for e in dlq] == [
+        b"record of a user of partition %d arrived on partition %d" % (home, (home + 1) % 8),
+        b"record too large",
+    ]
 
-    def refuse_decisions(topic: str) -> None:
-        if topic == "enforcer-decisions" and armed:
-            armed.clear()
+
+def _at(message: Any, partition: int) -> Any:
+    message.partition = partition
+    return message
+
+
+class OutputFailed(SystemExit):
+    """What ``output_failed`` raises in these tests instead of exiting the process."""
+
+
+class FailingDB(MemoryDB):
+    """A RocksDB partition whose writes fail while ``armed``."""
+
+    armed = False
+
+    def put(self, key: bytes, value: bytes) -> None:
+        if self.armed:
+            raise OSError("disk full")
+        super().put(key, value)
+
+
+def _failing(path: str, at: str, exits: bool) -> tuple:
+    """Three posts (the second published, or blocked if ``at`` ends in "blocked"), the
+    second meeting a failure ``at`` one point of its writes: the ledger's RocksDB, the
+    ledger's changelog, training-ingest or the decisions topic. ``path``: "native",
+    "splice" or "decode". ``exits``: output_failed raises, as the exit it is."""
+    failed: list = []
+
+    def fail(topic: str) -> None:
+        if armed and topic == at.split()[0]:
             raise ValueError("refused")
 
     def refusing(out: Any) -> None:
         raw, produce = out.raw_produce, out.produce
-        out.raw_produce = lambda t, v, k, p=None: (refuse_decisions(t), raw(t, v, k, p))
+        out.raw_produce = lambda t, v, k, p=None: (fail(t), raw(t, v, k, p))
         out.produce = lambda t, k, v, p=None, headers=None: (
-            refuse_decisions(t) if headers is None else None,
+            fail(t) if headers is None else None,
             produce(t, k, v, p, headers),
         )
 
-    processor, out = _gate_with(use_native, load_policy(), refusing)
-    first = _message(KIND_POST, CODEC.encode(POST, {**POST_RECORD, "post_id": "p0"}), 0, "u1")
-    second = _message(KIND_POST, CODEC.encode(POST, POST_RECORD), 1, "u1")
-    processor.process([first])  # opens the tables (Python)
-    armed.append(True)
-    processor.process([second])
-    return out.records, dict(processor.metrics.dlq), processor.offsets.expected
+    processor, out = _gate(path != "decode", load_policy())
+    refusing(out)
+    db = processor.ledger.state._open[0] = FailingDB()
+
+    def output_failed(message: Any, exc: BaseException) -> None:
+        failed.append((message.offset, type(exc).__name__))
+        if exits:
+            raise OutputFailed(70)
+
+    processor.output_failed = output_failed
+    processor._fast = native.make_fast_gate(processor) if path == "native" else False
+    if path == "native":
+        processor._fast.fixed_now = NOW
+    processor.offsets.start(0, 0)
+    second = {**POST_RECORD, "visibility": "PRIVATE"} if at.endswith("blocked") else POST_RECORD
+    posts = [{**POST_RECORD, "post_id": "p0"}, second, {**POST_RECORD, "post_id": "p2"}]
+    messages = [_message(KIND_POST, CODEC.encode(POST, p), i, "u1") for i, p in enumerate(posts)]
+    armed = False
+    processor.process(messages[:1])
+    armed = True
+    db.armed = at == "rocksdb"
+    with contextlib.suppress(OutputFailed):
+        processor.process(messages[1:2])
+    armed = db.armed = False
+    if not (exits and failed):
+        processor.process(messages[2:])
+    m = processor.metrics
+    return (
+        out.records,
+        dict(m.decisions),
+        dict(m.dlq),
+        m.latency_n,
+        processor.offsets.expected,
+        failed,
+        dict(db),
+    )
 
 
-def test_a_post_whose_outputs_fail_goes_to_the_dlq_as_in_python():
-    """The broker client refusing a record (e.g. too large): the post is not decided
-    twice and its offset counts as processed, with or without the fast path."""
-    fast, python = _refused_once(True), _refused_once(False)
-    assert fast == python
-    assert [r[0] for r in fast[0]][-2:] == ["training-ingest", "enforcer-dlq"]
-    assert fast[2] == {0: 2}
+_POST = ["ledger-changelog", "training-ingest", "enforcer-decisions"]  # a published one's
+# where the second post's writes fail: (topics written for the three posts, with
+# output_failed raising and returning; ledger entries, the same)
+_FAILURES = {
+    "rocksdb": ([*_POST, "enforcer-dlq", *_POST],) * 2 + ((2, 2),),
+    "ledger-changelog": ([*_POST, "enforcer-dlq", *_POST],) * 2 + ((3, 3),),
+    "training-ingest": (
+        [*_POST, "ledger-changelog"],
+        [*_POST, "ledger-changelog", *_POST],
+        (2, 3),
+    ),
+    "enforcer-decisions": (
+        [*_POST, "ledger-changelog", "training-ingest"],
+        [*_POST, "ledger-changelog", "training-ingest", *_POST],
+        (2, 3),
+    ),
+    "enforcer-decisions blocked": (_POST, [*_POST, *_POST], (1, 2)),
+}
+
+
+@pytest.mark.parametrize("exits", [True, False])
+@pytest.mark.parametrize("at", sorted(_FAILURES))
+def test_a_post_whose_writes_fail_is_handled_as_in_python(at, exits):
+    """A failure before the post's first output record (its ledger write): the DLQ, as
+    nothing was published. After it: ``output_failed`` (the worker exits 70), never a
+    DLQ record. The same with the fast path, with splicing and with decoding."""
+    native_run = _failing("native", at, exits)
+    assert native_run == _failing("splice", at, exits)
+    assert native_run == _failing("decode", at, exits)
+    records, _, dlq, _, offsets, failed, ledger = native_run
+    exited, returned, entries = _FAILURES[at]
+    before = at in ("rocksdb", "ledger-changelog")
+    assert [r[0] for r in records] == (exited if exits else returned)
+    assert len(ledger) == entries[0 if exits else 1]
+    assert failed == ([] if before else [(1, "ValueError")])
+    assert dlq == ({"posts": 1} if before else {})
+    assert offsets == {0: 2 if exits and not before else 3}
 
 
 @given(st.binary(max_size=12))
@@ -226,4 +339,4 @@ def test_disabled_by_the_environment(monkeypatch):
     processor.offsets.start(0, 0)
     processor.process([_message(KIND_POST, _valid, 0, "u1")])
     assert processor._fast is False
-    assert [r[0] for r in out.records][:2] == ["training-ingest", "enforcer-decisions"]
+    assert [r[0] for r in out.records] == _POST

@@ -58,6 +58,7 @@ from .records import (
     source_prefix,
 )
 from .settings import Settings
+from .topics import DataLossError
 
 log = logging.getLogger("streams.rekey")
 
@@ -94,10 +95,6 @@ def rekey_consumer_config(settings: Settings) -> dict[str, Any]:
 # shared counters of the stage, read by the worker's /metrics
 INPUT_POSTS, INPUT_OBJECTIONS, DLQ_POSTS, DLQ_OBJECTIONS = range(4)
 SKIPPED_POSTS, SKIPPED_OBJECTIONS = range(4, 6)
-
-
-class DataLossError(Exception):
-    """Input records that must not be skipped were deleted before they were processed."""
 
 
 class RekeyStage:
@@ -246,7 +243,7 @@ class Rekeyer:
         sees it and stops too)."""
         try:
             self._loop()
-        except DataLossError as exc:
+        except (DataLossError, RegistryUnavailable) as exc:
             log.critical("%s", exc)
             logging.shutdown()
             os._exit(70)
@@ -277,6 +274,8 @@ class Rekeyer:
         )
         internal = s.user_events_topic
 
+        committed: dict[tuple[str, int], int] = {}  # what the last commits wrote
+
         def commit(partitions: list | None = None) -> None:
             # only what the broker has: the offsets after records forwarded (or sent to
             # the DLQ) and acknowledged, never a consumer position, which can be ahead
@@ -287,11 +286,13 @@ class Rekeyer:
             done = [
                 TopicPartition(topic, partition, offset)
                 for (topic, partition), offset in self._done.items()
-                if wanted is None or (topic, partition) in wanted
+                if (wanted is None or (topic, partition) in wanted)
+                and committed.get((topic, partition)) != offset
             ]
             try:
                 if done:
                     consumer.commit(offsets=done, asynchronous=False)
+                    committed.update(((tp.topic, tp.partition), tp.offset) for tp in done)
             except KafkaException as exc:  # e.g. a rebalance
                 log.warning("commit failed (%s); records may be forwarded again", exc)
 
@@ -303,6 +304,7 @@ class Rekeyer:
             commit(revoked)  # the next owner starts after what was forwarded
             for tp in revoked:
                 self._done.pop((tp.topic, tp.partition), None)
+                committed.pop((tp.topic, tp.partition), None)
 
         consumer.subscribe(s.input_topics, on_assign=on_assign, on_revoke=on_revoke)
         next_commit = time.monotonic() + COMMIT_INTERVAL
@@ -362,6 +364,8 @@ class Rekeyer:
             elif tp.offset < low:
                 tp.offset = self._skip_gap(tp.topic, tp.partition, tp.offset, low)
             positions.append(tp)
+            # committed from now on even before a record comes: a later gap is then seen
+            self._done[(tp.topic, tp.partition)] = tp.offset
         return positions
 
     def _skip_gap(self, topic: str, partition: int, lost_from: int, earliest: int) -> int:

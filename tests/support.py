@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.codec import Codec
@@ -357,6 +357,14 @@ class Worker:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def wait_exit(self, timeout: float = 90.0) -> int:
+        """Wait for the worker to exit by itself; its exit code."""
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"worker still running after {timeout}s:\n{self.log()}") from None
+
     def stop(self, timeout: float = 60.0) -> int:
         assert self.proc is not None
         if self.proc.poll() is None:
@@ -390,3 +398,114 @@ class Worker:
         if self.alive():
             with contextlib.suppress(AssertionError):
                 self.stop()
+
+
+# -- a replicated cluster ----------------------------------------------------------------
+LOCAL_KAFKA = ROOT / "deploy" / "kafka" / "local-kafka"
+
+
+def free_ports(count: int) -> int:
+    """The first of ``count`` consecutive free TCP ports on 127.0.0.1."""
+    while True:
+        base = free_port()
+        with contextlib.ExitStack() as stack:
+            try:
+                for port in range(base, base + count):
+                    stack.enter_context(socket.socket()).bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return base
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter of a process (``R``, ``S``, ``T`` when stopped, ...), None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+class KafkaCluster:
+    """A cluster of ``local-kafka start --brokers N`` in ``directory``: node i has node.id i."""
+
+    def __init__(self, directory: Path, bootstrap: str, nodes: int, started: str = "") -> None:
+        self.directory = directory
+        self.bootstrap = bootstrap
+        self.nodes = nodes
+        self.started = started  # what start said on stderr
+        self.admin = AdminClient({"bootstrap.servers": bootstrap})
+
+    @classmethod
+    def start(cls, directory: Path, nodes: int = 3) -> KafkaCluster:
+        """Start a new cluster on free ports; AssertionError if it does not come up."""
+        args = ["--brokers", str(nodes), "--port", str(free_ports(nodes)), "--dir", str(directory)]
+        result = subprocess.run(
+            [str(LOCAL_KAFKA), "start", *args],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if result.returncode != 0:
+            raise AssertionError(f"local-kafka start --brokers {nodes}:\n{result.stderr[-3000:]}")
+        bootstrap = result.stdout.strip().splitlines()[-1]
+        return cls(directory, bootstrap, nodes, result.stderr)
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [str(LOCAL_KAFKA), *args, "--dir", str(self.directory)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"local-kafka {' '.join(args)}:\n{result.stderr[-3000:]}")
+        return result
+
+    def kill(self, node: int) -> None:
+        """SIGKILL one node."""
+        self.run("kill", "--node", str(node))
+
+    def freeze(self, node: int) -> None:
+        """SIGSTOP one node: it holds its sockets open and answers nothing."""
+        self.run("freeze", "--node", str(node))
+
+    def thaw(self, node: int) -> None:
+        self.run("thaw", "--node", str(node))
+
+    def restart(self, node: int) -> None:
+        """Stop the node if it runs, start it, return once it answers."""
+        self.run("restart", "--node", str(node))
+
+    def stop(self) -> None:
+        self.run("stop", check=False)
+
+    def pid(self, node: int) -> int | None:
+        try:
+            return int((self.directory / f"node{node}" / "broker.pid").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def heal(self) -> None:
+        """Every node running and thawed again (for a test's ``finally``)."""
+        for node in range(1, self.nodes + 1):
+            pid = self.pid(node)
+            state = None if pid is None else process_state(pid)
+            if state in (None, "Z", "X"):
+                self.restart(node)
+            elif state in ("T", "t"):
+                self.thaw(node)
+
+    def partition(self, topic: str, partition: int = 0) -> Any:
+        """The partition's ``TopicPartitionInfo`` (leader, replicas, isr) as a broker sees it."""
+        futures = self.admin.describe_topics(TopicCollection([topic]), request_timeout=10)
+        description = futures[topic].result()
+        return next(p for p in description.partitions if p.id == partition)
+
+    def leader_of(self, topic: str, partition: int = 0) -> int | None:
+        """The node id of the partition's leader, None while it has none."""
+        leader = self.partition(topic, partition).leader
+        return None if leader is None or leader.id < 0 else leader.id
+
+    def isr_of(self, topic: str, partition: int = 0) -> list[int]:
+        return sorted(node.id for node in self.partition(topic, partition).isr)

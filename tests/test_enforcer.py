@@ -11,17 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import ConsumerGroupTopicPartitions, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
 
-from streams.records import (
-    KIND,
-    KIND_POST,
-    SRC_OFFSET,
-    SRC_PARTITION,
-    SRC_TOPIC,
-    partition_for_user,
-)
 from tests.enforcer_env import Deployment, wait_objections
 from tests.support import (
     CODEC,
@@ -306,34 +296,3 @@ def test_state_survives_restart(env: Deployment, lose_data_dir: bool) -> None:
     training.wait_for(lambda rs: live_view(rs) == {}, what="both posts retracted")
     # no input was decided twice across a clean stop
     assert len(decisions["live-1"]) == 2 and decisions["live-1"][0]["outcome"] == "PUBLISHED"
-
-
-def test_resumes_after_retention_deleted_unprocessed_internal_records(env: Deployment) -> None:
-    """A worker that was down longer than the internal topic's retention: its committed
-    offset points at deleted records. It must resume at the earliest record left (and
-    say what was lost), not wait forever for the deleted ones."""
-    n = env.names
-    settings = env.settings()
-    topic, user = settings.user_events_topic, "long-gone"
-    partition = partition_for_user(user.encode(), env.partitions)
-    producer = Producer({"bootstrap.servers": env.kafka, "enable.idempotence": True})
-    for i in range(30):  # what the re-keying stage would have written for 30 posts
-        headers = [(KIND, KIND_POST), (SRC_TOPIC, n.posts.encode()), (SRC_PARTITION, b"0")]
-        headers.append((SRC_OFFSET, str(i).encode()))
-        value = CODEC.encode("Post", post(f"p{i}", user))
-        producer.produce(topic, value, user.encode(), partition, headers=headers)
-    assert producer.flush(30) == 0
-    admin = AdminClient({"bootstrap.servers": env.kafka})
-    tp = TopicPartition(topic, partition, 20)
-    admin.delete_records([tp])[tp].result(30)  # retention took offsets 0-19
-    committed = ConsumerGroupTopicPartitions(n.app_id, [TopicPartition(topic, partition, 5)])
-    admin.alter_consumer_group_offsets([committed])[n.app_id].result(30)
-
-    worker = env.worker()
-    decided = decisions_by_post(env.reader(n.decisions).wait_count(10))
-    assert set(decided) == {f"p{i}" for i in range(20, 30)}
-    env.sender().posts(n.posts, [post("after", user)]).flush()  # and live traffic flows
-    env.reader(n.training).wait_for(
-        lambda rs: "after" in live_view(rs), what="a post produced after the restart"
-    )
-    assert "records 5 to 19 were deleted by retention" in worker.full_log()

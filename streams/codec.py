@@ -123,25 +123,28 @@ def wait_for_registry(
     stop: Callable[[], bool] = lambda: False,
 ) -> Any:
     """``call()`` until it does not raise ``RegistryUnavailable``, asking again after
-    REGISTRY_PAUSE seconds, then twice as long each time (at most REGISTRY_MAX_WAIT);
-    ``on_failure(exc, wait)`` before each wait. Raises the last ``RegistryUnavailable``
-    when the next attempt would come more than ``timeout`` seconds after the first, or
-    once ``stop()`` is true (checked every 0.1 s while waiting)."""
+    REGISTRY_PAUSE seconds, then twice as long each time (at most REGISTRY_MAX_WAIT),
+    the last time ``timeout`` seconds after the first; ``on_failure(exc, wait)`` before
+    each wait. Raises the last ``RegistryUnavailable`` when less than REGISTRY_PAUSE
+    is left until then (an attempt could not ask the registry), or once ``stop()`` is
+    true (checked every 0.1 s while waiting)."""
     deadline = time.monotonic() + timeout
-    wait = REGISTRY_PAUSE
+    backoff = REGISTRY_PAUSE
     while True:
         try:
             return call()
         except RegistryUnavailable as exc:
-            if time.monotonic() + wait > deadline or stop():
+            left = deadline - time.monotonic()
+            if left < REGISTRY_PAUSE or stop():
                 raise
+            wait = min(backoff, left)
             on_failure(exc, wait)
             until = time.monotonic() + wait
             while (left := until - time.monotonic()) > 0:
                 if stop():
                     raise
                 time.sleep(min(0.1, left))
-            wait = min(wait * 2, REGISTRY_MAX_WAIT)
+            backoff = min(backoff * 2, REGISTRY_MAX_WAIT)
 
 
 _EMPTY = 0xC15D213AA4D7A795

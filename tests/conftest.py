@@ -1,4 +1,5 @@
-"""Fixtures: one real Kafka broker for the session, and per-test topic names.
+"""Fixtures: one real Kafka broker for the session, per-test topic names, and a replicated
+three-node cluster for the tests that ask for one (``kafka_cluster``).
 
 The broker is found in this order: ``KAFKA_BOOTSTRAP_SERVERS`` if set; else a Docker
 engine that answers -> a ``testcontainers`` Kafka (``apache/kafka`` 4.x); else the
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Names, free_port
+from tests.support import KafkaCluster, Names, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL_KAFKA = ROOT / "deploy" / "kafka" / "local-kafka"
@@ -89,6 +90,30 @@ def kafka(request: pytest.FixtureRequest) -> Iterator[str]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def kafka_cluster(request: pytest.FixtureRequest) -> Iterator[KafkaCluster]:
+    """A replicated cluster: three combined KRaft nodes of ``local-kafka start --brokers 3``.
+
+    Replication factor 3 and min.insync.replicas 2 by default, on loopback ports of its
+    own; started once, when a test first asks for it (~10-20 s), stopped at the end.
+    Always local, since tests kill, freeze and restart its nodes: a test that does must
+    leave every node running again (``heal()`` in a ``finally``)."""
+    directory = Path(tempfile.mkdtemp(prefix="enforcer-test-cluster-"))
+    try:
+        cluster = KafkaCluster.start(directory, nodes=3)
+    except AssertionError as exc:
+        shutil.rmtree(directory, ignore_errors=True)
+        pytest.fail(f"no Kafka cluster: {exc}", pytrace=False)
+    for line in cluster.started.splitlines():
+        if "Apache Kafka" in line:
+            _say(request.config, f"kafka_cluster: {line.removeprefix('local-kafka: ')}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 @pytest.fixture
 def names(request: pytest.FixtureRequest) -> Names:
     """Topic names and an application id of this test alone."""
@@ -97,9 +122,10 @@ def names(request: pytest.FixtureRequest) -> Names:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that use the broker are integration tests."""
+    """Tests that use the broker (or the cluster) are integration tests."""
     for item in items:
-        if "kafka" in getattr(item, "fixturenames", ()):
+        fixtures = getattr(item, "fixturenames", ())
+        if "kafka" in fixtures or "kafka_cluster" in fixtures:
             item.add_marker(pytest.mark.integration)
 
 

@@ -434,7 +434,8 @@ class KafkaCluster:
         self.bootstrap = bootstrap
         self.nodes = nodes
         self.started = started  # what start said on stderr
-        self.admin = AdminClient({"bootstrap.servers": bootstrap})
+        # a frozen node answers nothing: drop a request to it after 5 s (60 s by default)
+        self.admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 5000})
 
     @classmethod
     def start(cls, directory: Path, nodes: int = 3) -> KafkaCluster:

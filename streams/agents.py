@@ -219,8 +219,9 @@ class Processor:
     def process_one(self, message: Any) -> None:
         """Process one internal record (records of a partition come in offset order).
 
-        A record whose schema the registry could not be asked about (``gate`` raises
-        ``RegistryUnavailable`` before any side effect) is put back: it is read again
+        A record whose table partition is not open here (``StateNotReady``) or whose
+        schema the registry could not be asked about (``RegistryUnavailable``; ``gate``
+        raises both before any side effect) is put back: it is read again
         after REPOSITION_RETRY seconds (a reposition), nothing after it is processed or
         committed meanwhile, and the worker is not ready until it is processed."""
         partition = message.partition
@@ -230,6 +231,16 @@ class Processor:
                 self._repositioning.pop(partition, None)
             try:
                 self.gate(message)
+            except StateNotReady as exc:
+                # the partition's table is not open here (being revoked or not yet
+                # restored): read the record again later, never decide it without state
+                if admit is Admit.PROCESS:
+                    self.offsets.put_back(partition, message.offset)
+                    self._repositioning[partition] = time.monotonic()
+                log.warning(
+                    "partition %d: offset %d not processed: %s", partition, message.offset, exc
+                )
+                return
             except RegistryUnavailable as exc:
                 if admit is Admit.DUPLICATE:  # processed before: its effects are there
                     log.warning(

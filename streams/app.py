@@ -419,7 +419,6 @@ def build(
     rekeyer = RekeyStage(settings)
     processor.rekeyer = metrics.stage = rekeyer
     metrics.codec = codec
-    metrics.codec = codec
 
     # The agent subscribes the worker to the internal topic, which is what makes Faust
     # assign its partitions together with the table partitions. Its records normally

@@ -127,6 +127,16 @@ def test_a_post_too_large_to_republish_goes_to_the_dlq_as_a_reference():
     assert all(len(r[2] or b"") <= processor.settings.max_record_bytes for r in out.records)
 
 
+def test_a_record_of_a_partition_not_open_here_is_put_back_not_decided():
+    processor, out = _gate(True, POLICY)
+    processor.offsets.start(0, 5)
+    del processor.ledger.state.table.dbs[0]
+    processor.process_one(_message(KIND_POST, CODEC.encode(POST, PUBLISHED_POST), 5, "u1"))
+    assert out.records == []
+    assert processor.offsets.expected[0] == 5  # read again, nothing committed past it
+    assert processor.offsets.to_commit() == {}
+
+
 def test_a_table_partition_not_open_here_is_never_read_or_created():
     processor, out = _gate(True, POLICY)
     del processor.consent.table.dbs[0]

@@ -70,11 +70,15 @@ class Encoding:
     valid: bool = True
     canonical: bool = True
     record: dict = field(default_factory=dict)
+    strings: dict = field(default_factory=dict)  # field name -> strategy of its strings
+    noise: tuple[int, int, int] = (32, 37, 40)  # roll(): below [0] plain, [1] odd, else bad
+    current: str = ""  # the field being written
 
     def roll(self) -> str:
         """Most often "plain"; sometimes "odd" (valid, not canonical) or "bad"."""
-        n = self.draw(st.integers(0, 39))
-        return "plain" if n < 32 else "odd" if n < 37 else "bad"
+        plain, odd, top = self.noise
+        n = self.draw(st.integers(0, top - 1))
+        return "plain" if n < plain else "odd" if n < odd else "bad"
 
     def bad(self, data: bytes = b"") -> None:
         """Write invalid bytes (a reader refuses them, whatever follows: the rest of the
@@ -158,7 +162,7 @@ def _write_simple(enc: Encoding, kind: str, node: Any, named: dict) -> Any:
         return value
     if kind in ("string", "bytes"):
         if kind == "string":
-            value = draw(_TEXT)
+            value = draw(enc.strings.get(enc.current, _TEXT))
             data = value.encode()
         else:
             value = data = draw(st.binary(max_size=12))
@@ -224,9 +228,10 @@ def _write_field(enc: Encoding, node: Any, named: dict) -> Any:
                 raise
             blocks.append(bytes(enc.out[before:]))
             del enc.out[before:]
-        split = n > 1 and enc.roll() == "odd"  # several blocks
-        sizes = draw(st.booleans()) and n > 0 and enc.roll() == "odd"  # negative counts
-        cuts = sorted(draw(st.sets(st.integers(1, n - 1)))) if split else []
+        noisy = enc.noise[0] < enc.noise[2]
+        split = noisy and n > 1 and draw(st.integers(0, 3)) == 0  # several blocks
+        sizes = noisy and n > 0 and draw(st.integers(0, 7)) == 0  # negative counts
+        cuts = sorted(draw(st.sets(st.integers(1, n - 1), min_size=1))) if split else []
         start = 0
         for end in [*cuts, n] if n else []:
             chunk = b"".join(blocks[start:end])
@@ -245,12 +250,16 @@ def _write_field(enc: Encoding, node: Any, named: dict) -> Any:
 
 
 @st.composite
-def encodings(draw, schema: dict) -> Encoding:
-    """Some encoding of a record of a flat ``schema``: valid or not, canonical or not."""
+def encodings(draw, schema: dict, strings: dict | None = None) -> Encoding:
+    """Some encoding of a record of a flat ``schema``: valid or not, canonical or not;
+    ``strings``: the strategy of a string field's values, by name."""
     named = _named_enums(schema["fields"], {})
-    enc = Encoding(draw)
+    # often one odd or bad thing at most, so that each one is met alone
+    noise = draw(st.sampled_from([(32, 37, 40), (96, 98, 100), (1, 1, 1)]))
+    enc = Encoding(draw, strings=strings or {}, noise=noise)
     try:
         for f in schema["fields"]:
+            enc.current = f["name"]
             enc.record[f["name"]] = _write_field(enc, f["type"], named)
         if enc.out and draw(st.integers(0, 29)) == 0:  # cut short
             del enc.out[draw(st.integers(0, len(enc.out) - 1)) :]
@@ -402,11 +411,19 @@ def _native_gate() -> Any:
 FAST = _native_gate()
 
 
+# ids and countries of posts the gate can decide
+DECIDABLE = {
+    "post_id": st.sampled_from(["p1", "p2", "p3"]),
+    "user_id": st.sampled_from(["u1", "u2", "u3", "u4", "u5"]),
+    "author_country": st.sampled_from(["GB", "FR", "US", "DE", "IE"]),
+}
+
+
 @st.composite
-def post_encodings(draw) -> Encoding:
+def post_encodings(draw, strings: dict | None = None) -> Encoding:
     """A Post in the current schema's single-object encoding, adversarially written;
-    sometimes with trailing bytes."""
-    enc = draw(encodings(POST_SCHEMA))
+    sometimes with trailing bytes. ``strings``: as ``encodings``."""
+    enc = draw(encodings(POST_SCHEMA, strings))
     enc.out[:0] = HEADER
     if enc.valid and draw(st.integers(0, 19)) == 0:
         enc.out += draw(st.binary(min_size=1, max_size=3))
@@ -463,6 +480,49 @@ def test_posts_are_spliced_only_from_canonical_bytes_and_read_alike_everywhere(e
     given_fields = {k: v for k, v in record.items() if k not in ("post_id", "user_id")}
     expected = CODEC.wire_prefix(DECISION) + _fastavro_bytes(CODEC.schema(DECISION), record)
     assert CODEC.splicer(POST, DECISION, "d")(data, starts, **given_fields) == expected
+
+
+def _post_with(**fields: bytes) -> bytes:
+    """The single-object encoding of a post, some fields' encodings replaced."""
+    post = {
+        "post_id": "p1",
+        "user_id": "u1",
+        "platform": "INSTAGRAM",
+        "visibility": "PUBLIC",
+        "author_country": "GB",
+        "author_is_adult": True,
+        "created_at": 1,
+        "text": "hi",
+        "media_urls": ["a", "b"],
+    }
+    parts = []
+    for f in POST_SCHEMA["fields"]:
+        one = {"type": "record", "name": "One", "fields": [_standalone(f, POST_SCHEMA)]}
+        parts.append(fields.get(f["name"], compile_writer(one)({f["name"]: post[f["name"]]})))
+    return HEADER + b"".join(parts)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"post_id": bytes.fromhex("8400") + b"p1"},  # a length longer than needed
+        {"platform": bytes.fromhex("8200")},  # an enum index
+        {"created_at": bytes.fromhex("828080808080808080 00".replace(" ", ""))},  # 10 bytes
+        {"text": bytes.fromhex("8200") + b"\x04hi"},  # a union index
+        {"media_urls": b"\x02\x02a\x02\x02b\x00"},  # two blocks
+        {"media_urls": b"\x03\x08\x02a\x02b\x00"},  # a negative count and a size
+        {"media_urls": b"\x84\x00\x02a\x02b\x00"},  # a count longer than needed
+        {"media_urls": b"\x04\x02a\x02b\x80\x00"},  # the end, longer than needed
+    ],
+)
+def test_valid_posts_not_in_canonical_form_are_decoded_not_spliced(fields):
+    data = _post_with(**fields)
+    _, decoded = CODEC.decode(data, POST)
+    assert data != HEADER + _fastavro_bytes(POST_SCHEMA, decoded)
+    assert CODEC.scan(data, POST) is None  # the gate decodes it and encodes its outputs
+    if FAST is not None:
+        assert FAST.scan(data) is None
+        assert FAST.scan(HEADER + _fastavro_bytes(POST_SCHEMA, decoded)) is not None
 
 
 OLDER = [v for v in CODEC.versions if CODEC.current[v.name].fingerprint != v.fingerprint]

@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import streams.agents as agents
@@ -19,6 +19,7 @@ from streams.codec import OBJECTION, POST
 from streams.policy import load_policy
 from streams.records import KIND_OBJECTION, KIND_POST, partition_for_user
 from tests.unit.strategies import objections, policies, posts
+from tests.unit.test_avro_adversarial import DECIDABLE, post_encodings
 from tests.unit.test_splice import CODEC, POST_RECORD, MemoryDB, _gate, _message
 
 pytestmark = pytest.mark.skipif(native._native is None, reason="the C extension is not built here")
@@ -115,6 +116,180 @@ _inputs = st.lists(
 @given(inputs=_inputs, policy=policies())
 def test_the_native_fast_path_writes_what_the_python_gate_writes(inputs, policy):
     assert _run(inputs, policy, True) == _run(inputs, policy, False)
+
+
+# -- against the decode path: partitions, gaps, repositioning, adversarial bytes -------
+
+USERS = ("u1", "u2", "u3", "u4", "u5")
+
+
+class Clock:
+    """``time`` as agents.py uses it, with a monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return NOW / 1000
+
+
+@st.composite
+def _values(draw) -> tuple[bytes, bytes, str]:
+    """One internal record's kind, value and user: posts (plain, odd, adversarially
+    encoded), objections, garbage."""
+    choice = draw(st.sampled_from([0, 0, 0, 1, 2, 2, 3, 4, 4, 5]))
+    if choice == 0:
+        record = draw(posts(user_id=st.sampled_from(USERS), post_id=st.sampled_from(["p1", "p2"])))
+    elif choice == 1:
+        record = draw(_odd_posts)
+    elif choice in (2, 3):  # decidable, or anything
+        enc = draw(post_encodings(DECIDABLE if choice == 2 else None))
+        user = enc.record.get("user_id")
+        return KIND_POST, bytes(enc.out), user if isinstance(user, str) and user else "u?"
+    elif choice == 4:
+        event = draw(objections(user_id=st.sampled_from(USERS)))
+        return KIND_OBJECTION, CODEC.encode(OBJECTION, event), event["user_id"]
+    else:
+        return KIND_POST, draw(_garbage), "u?"
+    return KIND_POST, CODEC.encode(POST, record), record["user_id"]
+
+
+@st.composite
+def _deliveries(draw, n: int) -> list[int]:
+    """The order in which a consumer delivers a partition's ``n`` records: mostly the
+    next; sometimes one further on (a gap: the gate asks for a reposition, and the
+    records come again from the one expected), or earlier ones again (a re-read)."""
+    out: list[int] = []
+    i = 0
+    while i < n and len(out) < 3 * n:
+        step = draw(st.integers(0, 19))
+        if step < 16:
+            out.append(i)
+            i += 1
+        elif step < 18:
+            out.append(min(n - 1, i + draw(st.integers(1, 3))))
+        else:
+            i = max(0, i - draw(st.integers(1, 2)))
+    return out
+
+
+@st.composite
+def _traffic(draw) -> tuple:
+    """Several partitions' records as a consumer delivers them, in batches."""
+    partitions = draw(st.integers(1, 4))
+    values = draw(
+        st.lists(st.tuples(_values(), st.booleans(), st.integers(0, 19)), min_size=5, max_size=50)
+    )
+    logs: dict[int, list] = {p: [] for p in range(partitions)}
+    for (kind, value, user), packed, route in values:
+        home = partition_for_user(user.encode(), partitions)
+        partition = home if route < 18 else (home + route) % partitions  # rarely another's
+        logs[partition].append((kind, value, user, packed))
+    starts = {p: draw(st.sampled_from([0, 5, 2**40])) for p in logs}
+    unknown = draw(st.sampled_from([None] * 20 + list(logs)))  # a start not looked up yet
+    queues = {p: [(i, logs[p][i]) for i in draw(_deliveries(len(logs[p])))] for p in logs}
+    delivered = []
+    while any(queues.values()):
+        p = draw(st.sampled_from([p for p, q in queues.items() if q]))
+        i, (kind, value, user, packed) = queues[p].pop(0)
+        message = _message(kind, value, starts[p] + i, user, packed)
+        message.partition = p
+        delivered.append(message)
+    cuts = sorted(draw(st.sets(st.integers(0, len(delivered)), max_size=4)))
+    batches = [delivered[a:b] for a, b in zip([0, *cuts], [*cuts, len(delivered)], strict=True)]
+    pauses = draw(st.lists(st.sampled_from([0.0, 1.0, 6.0]), min_size=len(batches)))
+    return partitions, starts, unknown, batches, pauses
+
+
+def _decided(path: str, traffic: tuple, policy: Any, max_post_bytes: int) -> tuple:
+    """Everything a gate wrote, counted and asked for over ``traffic``; ``path``: "native"
+    (the fast path), "splice" (Python, splicing) or "decode" (Python, every post decoded
+    and its outputs encoded: the reference)."""
+    partitions, starts, unknown, batches, pauses = traffic
+    clock = Clock()
+    saved = agents.time
+    agents.time = clock  # type: ignore[assignment]
+    try:
+        processor, out = _gate(path != "decode", policy)
+        processor.settings = replace(processor.settings, partitions=partitions)
+        processor.max_post_bytes = max_post_bytes
+        asked: list = []
+        processor.reposition = lambda partition, offset: asked.append((partition, offset))
+        processor._fast = native.make_fast_gate(processor) if path == "native" else False
+        if path == "native":
+            processor._fast.fixed_now = NOW
+        for p, start in starts.items():
+            if p != unknown:
+                processor.offsets.start(p, start)
+        for batch, pause in zip(batches, pauses, strict=False):
+            processor.process(batch)
+            processor.ledger.settle()  # as before a commit
+            clock.now += pause
+            processor.retry_repositioning()
+    finally:
+        agents.time = saved
+    m = processor.metrics
+    return (
+        out.records,
+        dict(m.decisions),
+        dict(m.dlq),
+        m.latency_counts,
+        m.latency_n,
+        processor.offsets.expected,
+        asked,
+        processor._repositioning,
+        {p: dict(db) for p, db in processor.ledger.state._open.items() if db},
+        {p: dict(db) for p, db in processor.consent._open.items() if db},
+    )
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    traffic=_traffic(),
+    policy=policies(),
+    max_post_bytes=st.sampled_from([1_000_000] * 3 + [60, 90]),
+)
+def test_the_native_fast_path_writes_what_decoding_every_post_writes(
+    traffic, policy, max_post_bytes
+):
+    """The reference is the gate that decodes every post and encodes its outputs;
+    the fast path and splicing must write the same records, DLQ records, table
+    entries, metrics, offsets and repositioning requests."""
+    reference = _decided("decode", traffic, policy, max_post_bytes)
+    assert _decided("native", traffic, policy, max_post_bytes) == reference
+    assert _decided("splice", traffic, policy, max_post_bytes) == reference
+
+
+def test_the_fast_path_computes_the_partition_of_a_user_as_java_does():
+    """Murmur2 of the user id's bytes, as records.partition_for_user: every post of a
+    user of the partition it arrived on is decided in C, every other one in Python."""
+    processor, _ = _gate(True, load_policy())
+    processor.settings = replace(processor.settings, partitions=7)
+    users = [f"user-{i}" + "x" * (i % 5) for i in range(150)] + ["aé", "xü1", "u😀", "a" * 999]
+    calls = []
+    fallback = processor.process_one
+    processor.process_one = lambda m: (calls.append((m.partition, m.offset)), fallback(m))
+    processor._fast = native.make_fast_gate(processor)
+    expected, messages = [], []
+    for p in range(7):
+        processor.offsets.start(p, 0)
+    offsets = dict.fromkeys(range(7), 0)
+    for user in users:
+        home = partition_for_user(user.encode(), 7)
+        for p in (home, (home + 3) % 7):
+            value = CODEC.encode(POST, {**POST_RECORD, "user_id": user})
+            message = _message(KIND_POST, value, offsets[p], user)
+            message.partition = p
+            offsets[p] += 1
+            messages.append(message)
+            if p != home:
+                expected.append((p, message.offset))
+    processor.process(messages)
+    assert calls == expected
+    assert processor.metrics.dlq == {"posts": len(users)}
 
 
 def test_the_fast_path_decides_current_posts_and_leaves_the_rest():

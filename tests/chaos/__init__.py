@@ -1,0 +1,1 @@
+"""Chaos tests: several workers of one app on a replicated cluster under faults."""

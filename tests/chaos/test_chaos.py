@@ -1,0 +1,46 @@
+"""The short chaos run of ``make test``: three workers on the three-node cluster, steady
+traffic, and a SIGKILL and restart of a worker, a scale 3 -> 1 -> 3 on new data dirs and
+a SIGKILL of the leader broker of a consent changelog partition while it flows. The
+longer run with more faults (the frozen zombie among them) is ``make chaos``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.chaos.harness import run
+from tests.support import KafkaCluster
+
+SHORT = [
+    (10, "kill_restart", {"worker": 0, "down": 3}),
+    (30, "kill_leader_broker", {"table": "consent", "partition": 0, "down": 5}),
+    (45, "scale_in_out", {"keep": 0, "down": 10}),
+]
+
+
+def test_short_chaos_run(kafka_cluster: KafkaCluster, tmp_path: Path) -> None:
+    try:
+        result = run(
+            kafka_cluster.bootstrap,
+            tmp_path / "workers",
+            SHORT,
+            duration=75,
+            cluster=kafka_cluster,
+            rate=80,
+            users=300,
+        )
+    finally:
+        kafka_cluster.heal()
+    assert not result["nemesis_errors"], result["nemesis_errors"]
+    assert result["undecided_posts"] == 0
+    assert result["eligible_never_objecting_not_live"] == 0
+    assert result["leaked_late_still_live"] == 0, result["examples"]["leaked_late_still_live"]
+    assert result["leaked_in_force_state_lost"] == 0, result["examples"]["leaked_in_force"]
+    if result["leaked_in_force"]:
+        # posts decided before an objection acknowledged before them reached the gate:
+        # the re-keying stage forwards the two input topics independently (issue 17)
+        pytest.xfail(
+            f"{result['leaked_in_force']} posts published before an objection acknowledged "
+            "before them reached the gate (re-keying order; no watermark yet)"
+        )

@@ -316,6 +316,8 @@ class Processor:
         self._repositioning.pop(partition, None)
         self._blocked.pop(partition, None)
         self.ledger.forget((partition,))
+        self.consent.forget(partition)
+        self.ledger.state.forget(partition)
 
     def settle(self) -> None:
         """Before a commit: wait for every output, then write the ledger removals they

@@ -26,7 +26,7 @@ from mode.services import WaitResults
 
 from .agents import Processor
 from .codec import Codec
-from .ledger import TableState, without_wal
+from .ledger import ForeignChangelogWrite, TableState, without_wal
 from .metrics import Metrics
 from .outputs import OutputProducer
 from .policy import Policy
@@ -410,8 +410,11 @@ def build(
     ledger_state = TableState(ledger, settings.changelog_topic("ledger"), outputs)
 
     def persist_offsets() -> None:
-        consent_state.persist_offsets()
-        ledger_state.persist_offsets()
+        try:
+            consent_state.persist_offsets()
+            ledger_state.persist_offsets()
+        except ForeignChangelogWrite as exc:  # before the commit: inputs processed again
+            stop_worker(f"{exc}; exiting, so that the tables are restored from the changelog")
 
     processor = Processor(
         app, settings, policy, codec, consent_state, ledger_state, outputs, metrics

@@ -114,11 +114,48 @@ class TableState:
 
     def persist_offsets(self) -> None:
         """Tell Faust how far the changelog is reflected in RocksDB, so that recovery
-        after a restart reads only what came after."""
+        after a restart reads only what came after. Call after a flush of the outputs.
+
+        Only this worker's own writes are reflected: a partition's offset moves only
+        when the offsets it wrote since the last persisted one are contiguous from it.
+        A record of another writer among them (a worker that owned the partition while
+        this one was frozen, or a frozen one that resumed) means this partition's state
+        lacks what that writer wrote, and the offset must stay before it (recovery then
+        reads that record), so the worker stops (``ForeignChangelogWrite``) before it
+        commits any input: the next owner restores from the changelog and processes the
+        uncommitted inputs again with the whole state."""
         store = self.table.data
-        for (topic, partition), offset in self.outputs.changelog_offsets.items():
-            if topic == self.changelog_topic and partition in store._dbs:
-                store.set_persisted_offset(TP(topic, partition), offset)
+        runs = self.outputs.changelog_runs
+        for key in [k for k in runs if k[0] == self.changelog_topic]:
+            first, last, count = runs.pop(key)
+            tp = TP(*key)
+            if key[1] not in store._dbs:
+                continue
+            base = store.persisted_offset(tp)
+            base = -1 if base is None else base
+            if first <= base:
+                # written before recovery read them (a rebalance in between): recovery
+                # has its own offset; nothing to tell from these
+                continue
+            if first != base + 1 or last - first + 1 != count:
+                raise ForeignChangelogWrite(
+                    f"{tp.topic}[{tp.partition}]: offsets {base + 1}..{last} have "
+                    f"{last - base - count} records this worker did not write (its own: "
+                    f"{count} from {first}); another worker wrote to this partition while "
+                    "this one held it"
+                )
+            store.set_persisted_offset(tp, last)
+
+    def forget(self, partition: int) -> None:
+        """A partition assigned anew or revoked: its own writes are counted afresh."""
+        runs = getattr(self.outputs, "changelog_runs", None)  # None: a test's stand-in
+        if runs is not None:
+            runs.pop((self.changelog_topic, partition), None)
+
+
+class ForeignChangelogWrite(Exception):
+    """A changelog partition this worker holds has records of another writer since the
+    offset its table reflects: its state is not the changelog's."""
 
 
 class Ledger:

@@ -51,6 +51,10 @@ class OutputProducer:
         # BufferError when its queue is full (then: produce_when_room)
         self.raw_produce = self.producer.produce
         self.changelog_offsets: dict[tuple[str, int], int] = {}
+        # (topic, partition) -> [first, last, count] of the offsets this producer wrote
+        # since the table last persisted its offset (TableState.persist_offsets): a run
+        # that is not contiguous from the persisted offset has records of another writer
+        self.changelog_runs: dict[tuple[str, int], list[int]] = {}
         self._changelogs: set[str] = set()
 
     def track_changelog(self, topic: str) -> None:
@@ -73,6 +77,13 @@ class OutputProducer:
             offset = msg.offset()
             if offset > self.changelog_offsets.get(key, -1):
                 self.changelog_offsets[key] = offset
+            run = self.changelog_runs.get(key)
+            if run is None:
+                self.changelog_runs[key] = [offset, offset, 1]
+            else:
+                run[0] = min(run[0], offset)
+                run[1] = max(run[1], offset)
+                run[2] += 1
 
     def produce(
         self,

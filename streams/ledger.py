@@ -131,8 +131,10 @@ class TableState:
             tp = TP(*key)
             if key[1] not in store._dbs:
                 continue
-            base = store.persisted_offset(tp)
-            base = -1 if base is None else base
+            persisted = store.persisted_offset(tp)
+            # or the end recovery last read to, if later: the changelog's last records
+            # may be gone (compacted) and then none of them set the persisted offset
+            base = max(-1 if persisted is None else persisted, self._recovered_to(tp))
             if first <= base:
                 # written before recovery read them (a rebalance in between): recovery
                 # has its own offset; nothing to tell from these
@@ -145,6 +147,13 @@ class TableState:
                     "this one held it"
                 )
             store.set_persisted_offset(tp, last)
+
+    def _recovered_to(self, tp: TP) -> int:
+        """The last changelog offset Faust's recovery read the partition to (-1: none)."""
+        try:
+            return self.table.app.tables.recovery.active_highwaters.get(tp, -1)
+        except AttributeError:  # not a Faust table (tests)
+            return -1
 
     def forget(self, partition: int) -> None:
         """A partition assigned anew or revoked: its own writes are counted afresh."""

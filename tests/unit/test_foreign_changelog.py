@@ -9,6 +9,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+from faust.types import TP
 
 from streams.ledger import ForeignChangelogWrite, TableState
 from streams.outputs import OutputProducer
@@ -95,3 +96,15 @@ def test_a_partition_assigned_anew_counts_afresh() -> None:
     delivered(out, 0, 31)
     table.persist_offsets()
     assert store.persisted[0] == 31
+
+
+def test_a_compacted_tail_read_by_recovery_is_no_foreign_write() -> None:
+    # recovery read to 14 (its highwater) but the last record it applied was 11: 12..14
+    # were compacted away; this worker's first write is 15
+    table, store, out = state({0: 11})
+    table.table.app = SimpleNamespace(
+        tables=SimpleNamespace(recovery=SimpleNamespace(active_highwaters={TP(TOPIC, 0): 14}))
+    )
+    delivered(out, 0, 15, 16)
+    table.persist_offsets()
+    assert store.persisted[0] == 16

@@ -57,3 +57,26 @@ broker-jars:
 
 clean:
 	rm -rf $(VENV) $(PEER_VENV) enforcer-data .pytest_cache
+
+## make sanitize: the fast path's C built with AddressSanitizer and UndefinedBehaviorSanitizer
+## into build/sanitize/ (the installed extension is untouched), and the fast path's and the
+## Avro tests run against it (about 2 minutes on 2 cores)
+.PHONY: sanitize
+SANITIZE_SO := build/sanitize/_native.so
+sanitize: $(STAMP)
+	mkdir -p $(dir $(SANITIZE_SO))
+	$(CC) -shared -fPIC -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer \
+	  -fno-sanitize-recover=undefined -Wall -Wextra -Wno-unused-parameter \
+	  -Wno-missing-field-initializers -Wno-cast-function-type \
+	  -I"$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" \
+	  streams/_native.c -o $(SANITIZE_SO)
+	LD_PRELOAD="$$($(CC) -print-file-name=libasan.so)" ASAN_OPTIONS=detect_leaks=0 \
+	  UBSAN_OPTIONS=print_stacktrace=1 PYTHONMALLOC=malloc \
+	  $(PY) -c 'import importlib.util as u, sys, streams; \
+	    s = u.spec_from_file_location("streams._native", sys.argv[1]); \
+	    m = u.module_from_spec(s); s.loader.exec_module(m); \
+	    sys.modules[s.name] = streams._native = m; import streams.native, pytest; \
+	    assert streams.native._native is m, "not the sanitized build"; \
+	    print("streams._native:", m.__file__, flush=True); sys.exit(pytest.main(sys.argv[2:]))' \
+	  $(SANITIZE_SO) -q -p no:cacheprovider --capture=sys $(PYTEST_ARGS) \
+	  tests/unit/test_native.py tests/unit/test_avro_adversarial.py tests/unit/test_avro_compiled.py

@@ -3,12 +3,18 @@
  *
  * FastGate.run(messages) goes through a batch of internal records in order. A record
  * it can decide entirely -- a post forwarded in the packed source header, written with
- * the current Post schema, whose ids and country pass a conservative check, that is
- * the next expected offset of its partition, and that is published or blocked (not
- * retracted) -- it decides here: the same reads and writes, in the same order, with
- * the same bytes as Processor._post_as_bytes. Anything else (objections, replays,
- * other schema versions, garbage, retractions, gaps) goes, before any side effect, to
- * the Python callback `fallback`, which processes it exactly as without this module.
+ * the current Post schema in its canonical encoding (what fastavro writes for its
+ * values: the bytes copied into its outputs are those), no longer than max_post_bytes,
+ * whose ids and country pass a conservative check, of a user of the partition it
+ * arrived on (Java's murmur2), that is the next expected offset of its partition, and
+ * that is published or blocked (not retracted) -- it decides here: the same reads and
+ * writes, in the same order, with the same bytes and the same handling of a failed
+ * write as Processor._post_as_bytes. Anything else (objections, replays, other schema
+ * versions, garbage, retractions, gaps) goes, before any side effect, to the Python
+ * callback `fallback`, which processes it exactly as without this module.
+ *
+ * The bytes are untrusted: every length, index and offset taken from them, and every
+ * index into the tables given at set-up, is checked where it is used.
  *
  * Nothing here decides policy: the reason of a post is read from a table that
  * streams/native.py fills by calling Policy.reason_of for every combination of the
@@ -804,9 +810,9 @@ static int decide(FastGate *self, PyObject *message, Stats *stats) {
     if (!partition) goto error;
     long partition_n = PyLong_AsLong(partition);
     if (partition_n == -1 && PyErr_Occurred()) goto error;
-    if ((long)((murmur2(user_id, slen[self->f_user]) & 0x7FFFFFFFu) % (uint32_t)self->partitions) !=
-        partition_n)
-        goto done; /* its user's state is elsewhere: the DLQ */
+    uint32_t home = (murmur2(user_id, slen[self->f_user]) & 0x7FFFFFFFu) %
+                    (uint32_t)self->partitions;
+    if ((long)home != partition_n) goto done; /* its user's state is elsewhere: the DLQ */
     offset_obj = PyObject_GetAttr(message, s_offset);
     if (!offset_obj) goto error;
     PyObject *expected = PyDict_GetItemWithError(self->expected, partition);
@@ -823,7 +829,7 @@ static int decide(FastGate *self, PyObject *message, Stats *stats) {
     if (!ledger_db) {
         consent_db = NULL;
         if (PyErr_Occurred()) goto error;
-        goto done; /* not opened yet: the Python path opens it */
+        goto done; /* not open here: the Python path does not decide it either */
     }
     Py_INCREF(consent_db); /* held while in use, whatever happens to the dicts */
     Py_INCREF(ledger_db);

@@ -65,11 +65,13 @@ class Fleet:
         self.slots: dict[int, Worker] = {}
         self.generation: dict[int, int] = defaultdict(int)
         self.all: list[Worker] = []
+        self.down: set[int] = set()  # slots stopped on purpose (not restarted)
         self.lock = threading.Lock()
 
     def start(self, slot: int, new_dir: bool = False, wait: bool = True) -> Worker:
         if new_dir or slot not in self.slots:
             self.generation[slot] += 1
+        self.down.discard(slot)
         data_dir = self.base / f"w{slot}-g{self.generation[slot]}"
         worker = Worker(self.bootstrap, self.names, data_dir, partitions=self.partitions)
         with self.lock:
@@ -81,6 +83,24 @@ class Fleet:
             worker.wait_ready(180)
             say(f"worker {slot} ready")
         return worker
+
+    def supervise(self, stop: threading.Event, exits: list[dict]) -> threading.Thread:
+        """Restart, on the same data dir, a worker that exited by itself (exit 70: a
+        supervisor's job); slots in ``self.down`` were stopped on purpose."""
+
+        def loop() -> None:
+            while not stop.wait(1.0):
+                for slot, worker in list(self.slots.items()):
+                    if slot in self.down or worker.proc is None or worker.alive():
+                        continue
+                    if worker.proc.returncode is not None and slot not in self.down:
+                        exits.append({"at": now_ms(), "slot": slot, "code": worker.proc.returncode})
+                        say(f"worker {slot} exited with {worker.proc.returncode}; restarting")
+                        self.start(slot, wait=False)
+
+        thread = threading.Thread(target=loop, name="chaos-supervisor", daemon=True)
+        thread.start()
+        return thread
 
     def running(self) -> list[int]:
         return sorted(s for s, w in self.slots.items() if w.alive())
@@ -269,6 +289,7 @@ def kill_restart(ctx: Context, worker: int = 0, down: float = 5.0) -> None:
     """SIGKILL a worker (gate and re-keying stage), restart it on the same data dir."""
     w = ctx.fleet.slots[worker]
     ctx.note("kill", worker=worker, pid=w.proc.pid)
+    ctx.fleet.down.add(worker)
     w.kill()
     time.sleep(down)
     ctx.fleet.start(worker)
@@ -292,6 +313,7 @@ def scale_in_out(ctx: Context, keep: int = 0, down: float = 30.0) -> None:
     gone = [s for s in ctx.fleet.running() if s != keep]
     ctx.note("scale_in", stopped=gone)
     for slot in gone:
+        ctx.fleet.down.add(slot)
         ctx.fleet.slots[slot].stop(60)
     time.sleep(down)
     for slot in gone:
@@ -335,6 +357,7 @@ def rebalance_during_retraction(ctx: Context, posts: int = 300, extra_for: float
     ctx.note("retraction_and_join", user=user, posts=posts, worker=slot)
     ctx.fleet.start(slot, new_dir=True, wait=False)
     time.sleep(extra_for)
+    ctx.fleet.down.add(slot)
     ctx.fleet.slots[slot].stop(60)
     ctx.note("extra_worker_left", worker=slot)
 
@@ -709,11 +732,14 @@ def run(
     ctx = Context(fleet, traffic, cluster, names)
     started = time.time()
     nemesis = Nemesis(ctx, schedule)
+    stop_supervisor = threading.Event()
+    exits: list[dict] = []
     try:
         for slot in range(workers):
             fleet.start(slot, wait=False)
         for slot in range(workers):
             fleet.slots[slot].wait_ready(180)
+        fleet.supervise(stop_supervisor, exits)
         traffic.start()
         nemesis.start()
         time.sleep(duration)
@@ -727,6 +753,7 @@ def run(
         time.sleep(5)  # held removals settle and commit
         result = oracle(bootstrap, names, traffic.acked)
     finally:
+        stop_supervisor.set()
         fleet.stop_all()
     result.update(
         {
@@ -741,6 +768,7 @@ def run(
             "schedule": [list(s) for s in schedule] if isinstance(schedule, list) else None,
             "nemesis_log": ctx.log,
             "nemesis_errors": nemesis.errors,
+            "worker_exits": exits,
             "traffic_errors": traffic.errors[:20],
             "sent": dict(traffic.sent),
             "worker_logs": fleet.logs(),

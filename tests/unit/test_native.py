@@ -1,7 +1,11 @@
 """The native fast path (``streams/_native.c``) must write exactly what the Python gate
-writes: the same records in the same order, the same DLQ records, metrics and
-offsets, for any batch of posts, objections, garbage and odd ids. No Kafka: the gate
-runs over in-memory tables and a recording producer (``test_splice``)."""
+writes: the same records in the same order, the same DLQ records, table entries,
+metrics, offsets and repositioning requests, for any batch of posts (adversarially
+encoded ones too), objections, garbage and odd ids, over several partitions with gaps
+and re-reads; the reference is the gate that decodes every post and encodes its
+outputs. A failed write is handled as in Python. ``make sanitize`` runs these tests
+against a build with AddressSanitizer and UndefinedBehaviorSanitizer. No Kafka: the
+gate runs over in-memory tables and a recording producer (``test_splice``)."""
 
 from __future__ import annotations
 

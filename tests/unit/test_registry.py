@@ -368,4 +368,4 @@ def test_the_metric_counts_failed_requests_of_gate_and_stage(quick):
         dlq=dict,
         skipped=dict,
     )
-    assert "\nenforcer_schema_registry_errors_total 7\n" in metrics.render(True)
+    assert "\nenforcer_schema_registry_errors_total 7.0\n" in metrics.render(True)

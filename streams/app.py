@@ -27,7 +27,7 @@ from mode.services import WaitResults
 from .agents import Processor
 from .codec import Codec
 from .ledger import ForeignChangelogWrite, TableState, without_wal
-from .metrics import Metrics
+from .metrics import Metrics, gate_lags
 from .outputs import OutputProducer
 from .policy import Policy
 from .rekey import RekeyStage
@@ -480,6 +480,8 @@ def build(
 
     @app.page("/metrics")
     async def prometheus(web: Any, request: Any) -> Any:
-        return web.text(metrics.render(worker_ready()), content_type="text/plain; version=0.0.4")
+        lags = gate_lags(app.consumer, settings.user_events_topic, processor.offsets.expected)
+        text = metrics.render(worker_ready(), lags)
+        return web.text(text, content_type="text/plain; version=0.0.4")
 
     return Enforcer(app, processor, metrics)

@@ -23,10 +23,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
-
-CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 
 def label(value: str) -> str:

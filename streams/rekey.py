@@ -95,6 +95,10 @@ def rekey_consumer_config(settings: Settings) -> dict[str, Any]:
 # shared counters of the stage, read by the worker's /metrics
 INPUT_POSTS, INPUT_OBJECTIONS, DLQ_POSTS, DLQ_OBJECTIONS = range(4)
 SKIPPED_POSTS, SKIPPED_OBJECTIONS = range(4, 6)
+# then the lag of each assigned input partition (posts, then objections; -1: not
+# assigned here), written once per commit interval; partitions past LAG_PARTITIONS
+# are not reported
+LAG_BASE, LAG_PARTITIONS = 6, 1024
 
 
 class RekeyStage:
@@ -109,7 +113,8 @@ class RekeyStage:
         # set while the stage waits for the schema registry (the worker is not ready)
         self.blocked = ctx.Event()
         self.registry_errors = ctx.Value("q", 0, lock=False)  # failed registry requests
-        self.counts = ctx.Array("q", 6, lock=False)  # written by the child only
+        # written by the child only
+        self.counts = ctx.Array("q", [0] * LAG_BASE + [-1] * (2 * LAG_PARTITIONS), lock=False)
         self.process = ctx.Process(
             target=run_stage,
             args=(
@@ -161,6 +166,15 @@ class RekeyStage:
             s.posts_topic: self.counts[SKIPPED_POSTS],
             s.objections_topic: self.counts[SKIPPED_OBJECTIONS],
         }
+
+    def lags(self) -> list[tuple[str, str, int, int]]:
+        """(stage, topic, partition, lag) of each input partition assigned to the stage."""
+        topics = (self.settings.posts_topic, self.settings.objections_topic)
+        return [
+            ("rekey", topics[i // LAG_PARTITIONS], i % LAG_PARTITIONS, lag)
+            for i, lag in enumerate(self.counts[LAG_BASE:])
+            if lag >= 0
+        ]
 
 
 def _die_with_parent() -> None:
@@ -228,6 +242,7 @@ class Rekeyer:
         # per input (topic, partition): the start of its SOURCE header (source_prefix)
         self._source_prefixes: dict[tuple[str, int], tuple[bytes, bytes, bytes]] = {}
         self._counted = [0] * 6  # this batch's counts, added to ``counts`` after it
+        self._lag_slots: set[int] = set()  # the lag slots written last (_publish_lags)
         # per input (topic, partition): the offset after the last record forwarded or
         # sent to the DLQ, the only offsets ever committed
         self._done: dict[tuple[str, int], int] = {}
@@ -326,6 +341,7 @@ class Rekeyer:
                     raise KafkaException(f"records not delivered: {self._failure}")
                 if time.monotonic() >= next_commit:
                     commit()
+                    self._publish_lags(consumer)
                     next_commit = time.monotonic() + COMMIT_INTERVAL
             commit()  # a clean stop: a restart does not forward the last interval again
             clean = True
@@ -463,6 +479,27 @@ class Rekeyer:
             self.blocked.clear()
         log.info("%s: the schema registry answers again", where)
         return user_id
+
+    def _publish_lags(self, consumer: Consumer) -> None:
+        """Write each assigned input partition's lag for the worker's /metrics: the high
+        watermark of librdkafka's last fetch (cached: no request) minus the next offset
+        to forward (``_done``)."""
+        if len(self.counts) < LAG_BASE + 2 * LAG_PARTITIONS:
+            return
+        slots = {}
+        for (topic, partition), done in self._done.items():
+            if partition < LAG_PARTITIONS:
+                i = 0 if topic == self.settings.posts_topic else 1
+                _, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), cached=True
+                )
+                if high >= 0:
+                    slots[LAG_BASE + i * LAG_PARTITIONS + partition] = max(0, high - done)
+        for slot in self._lag_slots - slots.keys():
+            self.counts[slot] = -1
+        for slot, lag in slots.items():
+            self.counts[slot] = lag
+        self._lag_slots = set(slots)
 
     def _publish_counts(self) -> None:
         """Add this batch's counts to the counters the worker reads."""

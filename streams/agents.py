@@ -559,6 +559,9 @@ class Processor:
                 fx.clamped_from - _now_ms(),
             )
         self._emit(fx, user_id, partition, message)
+        if fx.tombstones and message.timestamp:  # the objection's record time: retracted
+            sent = message.timestamp * self._timestamp_scale
+            self.metrics.retraction_latency.observe(max(0.0, _now_ms() / 1000.0 - sent))
         # always written, even when unchanged, so that the changelog converges after a crash
         self.consent.put(partition, user_id.encode("utf-8"), encode_state(new_state))
         self.metrics.objections[event["action"]] += 1

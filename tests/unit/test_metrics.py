@@ -87,3 +87,19 @@ def test_the_gate_lag_is_the_high_watermark_minus_the_next_offset():
 
     assert gate_lags(Consumer(), "t", {0: 20, 1: 3}) == [("gate", "t", 0, 30)]
     assert gate_lags(object(), "t", {0: 20}) == []  # no consumer yet
+
+
+def test_an_objection_that_retracts_posts_is_timed():
+    from streams.codec import OBJECTION, POST
+    from streams.policy import load_policy
+    from streams.records import KIND_OBJECTION, KIND_POST
+    from tests.unit.test_fail_closed import PUBLISHED_POST, _event
+    from tests.unit.test_splice import CODEC, _gate, _message
+
+    processor, _out = _gate(False, load_policy())
+    processor.gate(_message(KIND_POST, CODEC.encode(POST, PUBLISHED_POST), 0, "u1"))
+    assert processor.metrics.retraction_latency.n == 0
+    event = _event("e1", "u1", occurred_at=PUBLISHED_POST["created_at"] + 1)
+    processor.gate(_message(KIND_OBJECTION, CODEC.encode(OBJECTION, event), 1, "u1"))
+    assert processor.metrics.retracted_posts == 1
+    assert processor.metrics.retraction_latency.n == 1

@@ -29,6 +29,7 @@ from typing import Any
 
 from . import native
 from .codec import (
+    CONSENT_RECEIPT,
     DECISION,
     OBJECTION,
     POST,
@@ -587,6 +588,11 @@ class Processor:
             (s.decisions_topic, r["post_id"].encode(), enc(DECISION, r, s.decisions_topic))
             for r in fx.decisions
         ]
+        if fx.receipt is not None:  # an objection event's: after its retractions
+            r = fx.receipt
+            records.append(
+                (s.receipts_topic, r["user_id"].encode(), enc(CONSENT_RECEIPT, r, s.receipts_topic))
+            )
         for post_id, platform in fx.ledger_add.items():
             self.ledger.add(partition, user_id, post_id, platform)
         try:

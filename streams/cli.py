@@ -61,6 +61,7 @@ def register_output_schemas(codec: Any, settings: Settings) -> None:
     no output waits for the registry later (``CliError`` if it never answers, or
     refuses a schema)."""
     from .codec import (
+        CONSENT_RECEIPT,
         DECISION,
         RETRACTION,
         TRAINING_RECORD,
@@ -79,6 +80,7 @@ def register_output_schemas(codec: Any, settings: Settings) -> None:
         (TRAINING_RECORD, s.training_topic),
         (RETRACTION, s.retractions_topic),
         (DECISION, s.decisions_topic),
+        (CONSENT_RECEIPT, s.receipts_topic),
     ):
         try:
             wait_for_registry(partial(codec.wire_prefix, name, topic), s.registry_timeout, waiting)

@@ -52,6 +52,7 @@ OBJECTION = "ObjectionEvent"
 TRAINING_RECORD = "TrainingRecord"
 RETRACTION = "Retraction"
 DECISION = "Decision"
+CONSENT_RECEIPT = "ConsentReceipt"
 
 
 class DecodeError(ValueError):

@@ -74,6 +74,28 @@ def apply(state: ConsentState | None, event: Mapping[str, Any]) -> ConsentState:
     return ConsentState(marks, seen)
 
 
+# what an event did to the state (a ConsentReceipt's outcome; enforcement.py adds
+# CLAMPED_FROM_FUTURE for an applied event dated too far ahead)
+APPLIED = "APPLIED"
+IGNORED_REPEATED_EVENT_ID = "IGNORED_REPEATED_EVENT_ID"
+IGNORED_OLDER = "IGNORED_OLDER"
+
+
+def receive(state: ConsentState | None, event: Mapping[str, Any]) -> tuple[ConsentState, str]:
+    """``apply``, and what the event did: ``IGNORED_REPEATED_EVENT_ID`` when its id was
+    seen before (or is the id of a mark in force, seen longer ago than ``SEEN_LIMIT``
+    events), ``APPLIED`` when it changed a winning mark, ``IGNORED_OLDER`` otherwise
+    (older than the state in force on its slot, or than the every-platform mark)."""
+    state = state or EMPTY
+    new = apply(state, event)
+    event_id = event["event_id"]
+    if event_id in state.seen or any(m.event_id == event_id for m in state.marks.values()):
+        return new, IGNORED_REPEATED_EVENT_ID
+    if new.marks == state.marks:
+        return new, IGNORED_OLDER
+    return new, APPLIED
+
+
 def stored_objects(stored: bytes | None, platform: str) -> bool:
     """Whether a user objects on ``platform``, from their consent table entry (None:
     no state, so no objection); the state is decoded only when there is one."""

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .consent import ALL, ConsentState, apply
+from .consent import ALL, APPLIED, ConsentState, receive
 from .policy import Outcome, Policy, Reason
 
 
@@ -38,12 +38,15 @@ class Effects:
     # an objection event dated too far in the future: the occurred_at it gave (it was
     # applied at the time it was read instead)
     clamped_from: int | None = None
+    # an objection event's ConsentReceipt (key user_id), written after its decisions
+    receipt: dict[str, Any] | None = None
 
     @property
     def empty(self) -> bool:
         """True when nothing is to be written."""
         return not (
-            self.publish
+            self.receipt
+            or self.publish
             or self.tombstones
             or self.retractions
             or self.decisions
@@ -62,7 +65,12 @@ DECISION_FIELDS = (
     "source_partition",
     "source_offset",
     "replay_id",
+    "cause",
 )
+
+# a ConsentReceipt's outcome for an applied event dated too far ahead (the others are
+# consent.receive's)
+CLAMPED_FROM_FUTURE = "CLAMPED_FROM_FUTURE"
 
 
 def _record_fields(names: tuple[str, ...], values: tuple[Any, ...]) -> dict[str, Any]:
@@ -77,8 +85,10 @@ def decision_values(
     now: int,
     source: Source,
     replay_id: str | None,
+    cause: str | None = None,
 ) -> tuple[Any, ...]:
-    """The values of ``DECISION_FIELDS`` for a decision."""
+    """The values of ``DECISION_FIELDS`` for a decision (``cause``: what caused a
+    retraction, as its Retraction's ``objection_event_id``; None otherwise)."""
     return (
         outcome.value,
         reason.value,
@@ -88,6 +98,7 @@ def decision_values(
         source.partition,
         source.offset,
         replay_id,
+        cause,
     )
 
 
@@ -100,8 +111,9 @@ def _decision(
     now: int,
     source: Source,
     replay_id: str | None,
+    cause: str | None = None,
 ) -> dict[str, Any]:
-    values = decision_values(outcome, reason, policy, now, source, replay_id)
+    values = decision_values(outcome, reason, policy, now, source, replay_id, cause)
     return {"post_id": post_id, "user_id": user_id, **_record_fields(DECISION_FIELDS, values)}
 
 
@@ -229,7 +241,9 @@ def on_post(
         fx.ledger_remove.append(post_id)
         fx.retractions.append(_retraction(user_id, cause, {platform}, [post_id], now))
         fx.decisions.append(
-            _decision(post_id, user_id, Outcome.RETRACTED, reason, policy, now, source, replay_id)
+            _decision(
+                post_id, user_id, Outcome.RETRACTED, reason, policy, now, source, replay_id, cause
+            )
         )
     elif outcome is Outcome.BLOCKED:
         fx.decisions.append(_decision(post_id, user_id, outcome, reason, policy, now, source, None))
@@ -247,18 +261,23 @@ def on_objection(
 ) -> tuple[ConsentState, Effects]:
     """Apply an objection event (``as_applied`` at ``now`` when ``max_skew_ms`` is
     given); retract every live post on a platform now objected, in Retraction records
-    of at most ``RETRACTION_IDS_BYTES`` of post ids each.
+    of at most ``RETRACTION_IDS_BYTES`` of post ids each, with a RETRACTED decision per
+    post whose ``cause`` is the event id; and write the event's ``ConsentReceipt``
+    (``receipt``): what it did, how many posts it retracted, where it was read.
 
     The retraction is derived from the resulting state, not from the transition, so
     re-processing an event after a crash retracts whatever is still live.
     """
     fx = Effects()
+    given = event
     if max_skew_ms is not None:
         applied = as_applied(event, now, max_skew_ms)
         if applied is not event:
             fx.clamped_from = int(event["occurred_at"])
             event = applied
-    new_state = apply(state, event)
+    new_state, outcome = receive(state, event)
+    if outcome == APPLIED and fx.clamped_from is not None:
+        outcome = CLAMPED_FROM_FUTURE
     retract = sorted(pid for pid, plat in live_posts.items() if new_state.objected(plat))
     if retract:
         user_id = event["user_id"]
@@ -271,8 +290,44 @@ def on_objection(
             _retraction(user_id, event["event_id"], platforms, chunk, now)
             for chunk in retraction_chunks(retract)
         )
+        cause = event["event_id"]
         fx.decisions.extend(
-            _decision(pid, user_id, Outcome.RETRACTED, Reason.OBJECTED, policy, now, source, None)
+            _decision(
+                pid, user_id, Outcome.RETRACTED, Reason.OBJECTED, policy, now, source, None, cause
+            )
             for pid in retract
         )
+    fx.receipt = receipt(given, event, outcome, new_state, len(retract), now, source)
     return new_state, fx
+
+
+RECEIPT_PLATFORMS = ("FACEBOOK", "INSTAGRAM")  # the Platform enum's symbols
+
+
+def receipt(
+    given: Mapping[str, Any],
+    applied: Mapping[str, Any],
+    outcome: str,
+    state: ConsentState,
+    retracted: int,
+    now: int,
+    source: Source,
+) -> dict[str, Any]:
+    """The ConsentReceipt of an objection event: as given and as applied, what it did
+    (``outcome``), the platforms objected on after it, how many posts it retracted."""
+    return {
+        "event_id": given["event_id"],
+        "user_id": given["user_id"],
+        "action": given["action"],
+        "platform": given.get("platform"),
+        "channel": given["channel"],
+        "occurred_at": int(given["occurred_at"]),
+        "applied_occurred_at": int(applied["occurred_at"]),
+        "outcome": outcome,
+        "objected_platforms": [p for p in RECEIPT_PLATFORMS if state.objected(p)],
+        "posts_retracted": retracted,
+        "applied_at": now,
+        "source_topic": source.topic,
+        "source_partition": source.partition,
+        "source_offset": source.offset,
+    }

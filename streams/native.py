@@ -161,9 +161,9 @@ def make_fast_gate(processor: Any) -> Any:
     d_types = _given(d_plan, DECISION_FIELDS, "Decision")
     d_named = _named_enums(decision["fields"], {})
     kinds = [_kind(d_types[n], d_named) for n in DECISION_FIELDS]
-    expected = ["enum", "enum", "string", "long", "string", "int", "long", "union"]
-    replay = d_types["replay_id"]
-    if kinds != expected or "string" not in replay:
+    expected = ["enum", "enum", "string", "long", "string", "int", "long", "union", "union"]
+    replay, cause = d_types["replay_id"], d_types["cause"]
+    if kinds != expected or "string" not in replay or "null" not in cause:
         raise Unsupported("Decision's given fields are not the ones the fast path writes")
     outcomes = _symbols(d_types["outcome"], d_named)
     reasons = _symbols(d_types["reason"], d_named)
@@ -176,7 +176,8 @@ def make_fast_gate(processor: Any) -> Any:
 
     published = tuple(middle(Outcome.PUBLISHED, r) for r in REASONS)
     blocked = tuple(middle(Outcome.BLOCKED, r) for r in REASONS)
-    tail = encode_long(replay.index("null"))
+    # replay_id and cause are null for a post's decision: the tail is their union indexes
+    tail = encode_long(replay.index("null")) + encode_long(cause.index("null"))
 
     outputs, ledger = processor.outputs, processor.ledger
     return _native.FastGate(

@@ -30,6 +30,11 @@ TOPIC_FLAGS = {
     ),
     "decisions_topic": ("--decisions-topic", "ENFORCER_DECISIONS_TOPIC", "enforcer-decisions"),
     "dlq_topic": ("--dlq-topic", "ENFORCER_DLQ_TOPIC", "enforcer-dlq"),
+    "receipts_topic": (
+        "--receipts-topic",
+        "ENFORCER_RECEIPTS_TOPIC",
+        "enforcer-consent-receipts",
+    ),
 }
 
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
@@ -58,6 +63,7 @@ class Settings:
     retractions_topic: str = "training-retractions"
     decisions_topic: str = "enforcer-decisions"
     dlq_topic: str = "enforcer-dlq"
+    receipts_topic: str = "enforcer-consent-receipts"
     log_level: str = "info"
     # batching: more records per request means far fewer requests for the broker to
     # serve (measured trade-offs in docs/operations.md, "Tuning")
@@ -80,6 +86,8 @@ class Settings:
     # how long the DLQ (which holds post content) keeps records
     tombstone_retention_ms: int = 7 * 86_400_000
     dlq_retention_ms: int = 7 * 86_400_000
+    # retention.ms of created audit topics (decisions, retractions, receipts): forever
+    audit_retention_ms: int = -1
 
     # -- internal topics, named after the application id like Kafka Streams does --
     @property
@@ -110,7 +118,13 @@ class Settings:
     @property
     def output_topics(self) -> list[str]:
         """The topics the worker writes to."""
-        return [self.training_topic, self.retractions_topic, self.decisions_topic, self.dlq_topic]
+        return [
+            self.training_topic,
+            self.retractions_topic,
+            self.decisions_topic,
+            self.dlq_topic,
+            self.receipts_topic,
+        ]
 
     @property
     def input_topics(self) -> list[str]:
@@ -212,6 +226,12 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         help="retention.ms of a created DLQ topic (it holds post content; -1: forever) "
         "[ENFORCER_DLQ_RETENTION_MS, default 7 days]",
     )
+    g.add_argument(
+        "--audit-retention-ms",
+        type=int,
+        help="retention.ms of created audit topics (decisions, retractions, receipts) "
+        "[ENFORCER_AUDIT_RETENTION_MS, default -1: forever]",
+    )
     for attr, (flag, env, default) in TOPIC_FLAGS.items():
         g.add_argument(flag, dest=attr, help=f"[{env}, default {default}]")
 
@@ -286,6 +306,7 @@ def from_args(args: argparse.Namespace) -> Settings:
         accept_data_loss=accept,
         tombstone_retention_ms=number("tombstone_retention_ms", "ENFORCER_TOMBSTONE_RETENTION_MS"),
         dlq_retention_ms=number("dlq_retention_ms", "ENFORCER_DLQ_RETENTION_MS"),
+        audit_retention_ms=number("audit_retention_ms", "ENFORCER_AUDIT_RETENTION_MS"),
         **topics,
     )
     validate(settings)
@@ -320,6 +341,8 @@ def validate(s: Settings) -> None:
         )
     if s.tombstone_retention_ms < 0:
         raise SettingsError("--tombstone-retention-ms must not be negative")
+    if s.audit_retention_ms < -1 or 0 <= s.audit_retention_ms < 3_600_000:
+        raise SettingsError("--audit-retention-ms must be -1 (forever) or at least an hour")
     if s.dlq_retention_ms < -1:
         raise SettingsError("--dlq-retention-ms must be -1 (forever) or more")
     if s.replication_factor is not None and s.replication_factor < 1:

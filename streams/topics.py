@@ -46,6 +46,10 @@ INTERNAL_RETENTION = {"retention.ms": "-1", "retention.bytes": "-1"}
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     """Every topic, with its role and configuration."""
     compact = {"cleanup.policy": "compact"}
+    audit = {
+        "retention.ms": str(settings.audit_retention_ms),
+        "message.timestamp.type": "LogAppendTime",
+    }
     specs = [
         TopicSpec(settings.posts_topic, "input"),
         TopicSpec(settings.objections_topic, "input"),
@@ -55,8 +59,11 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
             "output",
             {**compact, "delete.retention.ms": str(settings.tombstone_retention_ms)},
         ),
-        TopicSpec(settings.retractions_topic, "output", {"retention.ms": "-1"}),
-        TopicSpec(settings.decisions_topic, "output", {"retention.ms": "-1"}),
+        # the audit topics: kept forever by default; record timestamps are the broker's
+        # append time, so a reader sees when each record was acknowledged
+        TopicSpec(settings.retractions_topic, "output", audit),
+        TopicSpec(settings.decisions_topic, "output", audit),
+        TopicSpec(settings.receipts_topic, "output", audit),
         # the DLQ holds the inputs' bytes, post content included
         TopicSpec(settings.dlq_topic, "output", {"retention.ms": str(settings.dlq_retention_ms)}),
         TopicSpec(settings.user_events_topic, "internal", INTERNAL_RETENTION),

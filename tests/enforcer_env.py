@@ -35,6 +35,7 @@ class Deployment:
             retractions_topic=n.retractions,
             decisions_topic=n.decisions,
             dlq_topic=n.dlq,
+            receipts_topic=n.receipts,
             data_dir=self.data_dir,
         )
 

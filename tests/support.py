@@ -52,6 +52,7 @@ class Names:
             "retractions": "retractions",
             "decisions": "decisions",
             "dlq": "dlq",
+            "receipts": "receipts",
         }
         if item in topics:
             return f"{self.prefix}-{topics[item]}"
@@ -73,6 +74,8 @@ class Names:
             self.decisions,
             "--dlq-topic",
             self.dlq,
+            "--receipts-topic",
+            self.receipts,
         ]
 
 

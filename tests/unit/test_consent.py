@@ -3,7 +3,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.consent import EMPTY, apply, decode_state, encode_state
+from streams.consent import EMPTY, apply, decode_state, encode_state, receive
 from tests.unit.strategies import PLATFORMS, objections
 
 events = st.lists(objections(user_id=st.just("u")), max_size=12, unique_by=lambda e: e["event_id"])
@@ -84,3 +84,26 @@ def test_examples_from_the_contract():
     cleared = apply(state, dict(obj_all, event_id="d", action="WITHDRAW", occurred_at=20))
     assert cleared.objected_platforms(PLATFORMS) == frozenset()
     assert decode_state(None) == EMPTY
+
+
+@given(events, st.randoms())
+def test_receive_says_what_each_event_did(evts, rnd):
+    """``receive`` is ``apply`` plus an outcome: over any arrival order (with repeats),
+    a repeated id is IGNORED_REPEATED_EVENT_ID, an event that changes no winning mark is
+    IGNORED_OLDER, and the winner of each slot in the end was APPLIED when it came."""
+    arrivals = evts + [rnd.choice(evts) for _ in range(len(evts) // 2)] if evts else []
+    rnd.shuffle(arrivals)
+    state, seen, applied = EMPTY, set(), set()
+    for e in arrivals:
+        new, outcome = receive(state, e)
+        assert new == apply(state, e)
+        if e["event_id"] in seen:
+            assert outcome == "IGNORED_REPEATED_EVENT_ID"
+        elif new.marks != state.marks:
+            assert outcome == "APPLIED"
+            applied.add(e["event_id"])
+        else:
+            assert outcome == "IGNORED_OLDER"
+        seen.add(e["event_id"])
+        state = new
+    assert {m.event_id for m in state.marks.values()} <= applied

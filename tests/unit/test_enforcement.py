@@ -158,4 +158,62 @@ def test_objection_after_posts_retracts_them_with_one_retraction():
             "channel": "EMAIL",
         },
     )
+    # the repeat changes nothing; it leaves only its receipt
+    assert again.receipt is not None and again.receipt["outcome"] == "IGNORED_REPEATED_EVENT_ID"
+    again.receipt = None
     assert again.empty
+    assert fx.receipt["outcome"] == "APPLIED" and fx.receipt["posts_retracted"] == 2
+    assert {d["cause"] for d in fx.decisions} == {"e1"}
+
+
+@settings(max_examples=300)
+@given(steps)
+def test_every_objection_event_has_one_receipt_that_says_what_it_did(history):
+    """One receipt per objection event: the event as given, what it did (applied only
+    when the state in force changed, repeated for a seen id, older otherwise), how many
+    posts it retracted (the RETRACTED decisions, each naming the event as its cause),
+    the platforms objected on after it, and where it was read."""
+    model = Model()
+    for kind, record in history:
+        user = record["user_id"]
+        before = model.states.get(user, EMPTY)
+        fx = model.step(kind, record)
+        if kind == "post":
+            assert fx.receipt is None
+            continue
+        r = fx.receipt
+        after = model.states[user]
+        assert (r["event_id"], r["user_id"], r["action"], r["platform"], r["channel"]) == (
+            record["event_id"],
+            user,
+            record["action"],
+            record["platform"],
+            record["channel"],
+        )
+        assert r["occurred_at"] == r["applied_occurred_at"] == record["occurred_at"]
+        if record["event_id"] in before.seen:
+            assert r["outcome"] == "IGNORED_REPEATED_EVENT_ID"
+        elif after.marks != before.marks:
+            assert r["outcome"] == "APPLIED"
+        else:
+            assert r["outcome"] == "IGNORED_OLDER"
+        assert r["posts_retracted"] == len(fx.tombstones)
+        assert all(d["cause"] == record["event_id"] for d in fx.decisions)
+        objected = [p for p in ("FACEBOOK", "INSTAGRAM") if after.objected(p)]
+        assert r["objected_platforms"] == objected
+        assert (r["source_topic"], r["source_partition"], r["source_offset"]) == ("t", 0, 0)
+    for d in model.decisions:
+        assert (d["cause"] is None) == (d["outcome"] != "RETRACTED")
+
+
+@given(objections(), st.integers(min_value=0, max_value=10**6), st.integers(0, 10**6))
+def test_an_event_dated_too_far_ahead_is_clamped_and_its_receipt_says_so(event, now, skew):
+    """Applied at the time read, with both dates on the receipt; an event within the
+    skew is applied as given."""
+    _, fx = on_objection(POLICY, EMPTY, event, {}, now, SRC, skew)
+    r = fx.receipt
+    assert r["occurred_at"] == event["occurred_at"]
+    if event["occurred_at"] > now + skew:
+        assert r["outcome"] == "CLAMPED_FROM_FUTURE" and r["applied_occurred_at"] == now
+    else:
+        assert r["outcome"] == "APPLIED" and r["applied_occurred_at"] == event["occurred_at"]

@@ -1,4 +1,4 @@
-"""Operator sub-commands: ``generate``, ``replay`` and ``demo``."""
+"""Operator sub-commands: ``generate``, ``replay``, ``audit``, ``verify`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -60,6 +60,43 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="seconds to wait for the worker's answers (default 300)",
     )
 
+    audit = sub.add_parser(
+        "audit", help="one user's objections, receipts, decisions and exposure windows"
+    )
+    add_common_arguments(audit)
+    audit.add_argument("--user", required=True, help="the user id")
+    audit.add_argument("--from", dest="start", default="0", help="ISO 8601 or epoch millis")
+    audit.add_argument("--to", dest="end", default=None, help="ISO 8601 or epoch millis")
+    audit.add_argument("--format", choices=("text", "json"), default="text")
+
+    verify = sub.add_parser(
+        "verify",
+        help="independently check the topics: every input accounted for, no post of an "
+        "objecting user published, every published post eligible",
+    )
+    add_common_arguments(verify)
+    verify.add_argument("--from", dest="start", default="0", help="ISO 8601 or epoch millis")
+    verify.add_argument("--to", dest="end", default=None, help="ISO 8601 or epoch millis")
+    verify.add_argument(
+        "--follow", action="store_true", help="check continuously; serve /metrics on --web-port"
+    )
+    verify.add_argument("--report", default=None, help="write an HTML report to this file")
+    verify.add_argument(
+        "--grace",
+        type=float,
+        default=60.0,
+        help="seconds an input may wait for its record before it is a violation (default 60)",
+    )
+    verify.add_argument(
+        "--known-policy",
+        action="append",
+        default=[],
+        help="a policy file of an earlier version that published posts (repeatable)",
+    )
+    verify.add_argument(
+        "--interval", type=float, default=10.0, help="seconds between passes with --follow"
+    )
+
     demo = sub.add_parser(
         "demo",
         help="the embedded demo: a local broker, the topics, a worker "
@@ -111,6 +148,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return cmd_generate(args, settings)
     if args.command == "replay":
         return cmd_replay(args, settings)
+    if args.command == "audit":
+        return cmd_audit(args, settings)
+    if args.command == "verify":
+        return cmd_verify(args, settings)
     from .demo import run_demo
 
     return run_demo(args, settings)
@@ -178,3 +219,35 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     print(format_report(report, plan.dry_run))
     print(f"took {time.monotonic() - started:.1f}s", file=sys.stderr)
     return 0
+
+
+def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    """Print one user's timeline (``audit.py``)."""
+    from .audit import as_json, as_text, audit
+    from .cli import make_codec
+    from .replay import parse_time
+
+    start = parse_time(args.start, "--from")
+    end = parse_time(args.end, "--to") if args.end else None
+    line = audit(settings, make_codec(settings), args.user, start, end)
+    print(as_json(line) if args.format == "json" else as_text(line))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    """Check the topics (``verify.py``): exit 0 when nothing is violated, 1 otherwise."""
+    from .replay import parse_time
+    from .verify import run
+
+    if args.grace < 0 or args.interval <= 0:
+        raise SettingsError("--grace must not be negative and --interval must be positive")
+    return run(
+        settings,
+        parse_time(args.start, "--from"),
+        parse_time(args.end, "--to") if args.end else None,
+        args.grace,
+        args.known_policy,
+        args.report,
+        args.follow,
+        args.interval,
+    )

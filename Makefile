@@ -46,10 +46,9 @@ lint: setup
 
 setup: $(STAMP) broker-jars
 
-$(STAMP): pyproject.toml setup.py streams/_native.c
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
+# deploy/build.sh: the same install steps as the container image's (deploy/docker/Dockerfile)
+$(STAMP): pyproject.toml setup.py streams/_native.c deploy/build.sh
+	sh deploy/build.sh $(PYTHON) $(VENV) -e ".[dev]"
 	touch $(STAMP)
 
 broker-jars:

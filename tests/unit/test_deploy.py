@@ -12,6 +12,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.metrics import Metrics
+from streams.settings import Settings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
@@ -132,3 +133,179 @@ def test_the_rules_and_the_provisioning_parse():
     assert prometheus["rule_files"] == ["/etc/prometheus/alerts.yml"]
     for path in (DEPLOY / "grafana/provisioning").rglob("*.yml"):
         assert yaml.safe_load(path.read_text())["apiVersion"] == 1
+
+
+# --- containers and Kubernetes (deploy/docker, deploy/k8s): no container engine runs
+# here, so these check what can be checked without one: the files parse, and their
+# ports, paths, probes, environment and arguments agree with the CLI and each other.
+
+ROOT = DEPLOY.parent
+SETTINGS_SOURCE = (ROOT / "streams/settings.py").read_text()
+ENV_READ = set(re.findall(r'"((?:ENFORCER|KAFKA)_[A-Z0-9_]+)"', SETTINGS_SOURCE))
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of deploy/docker/Dockerfile, continuations joined."""
+    text = (DEPLOY / "docker/Dockerfile").read_text()
+    text = re.sub(r"\\\n", " ", text)
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def docker_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for word, rest in dockerfile():
+        if word == "ENV":
+            env.update(pair.split("=", 1) for pair in rest.split())
+    return env
+
+
+def k8s() -> dict[str, dict]:
+    """kind -> the (first) document of that kind in deploy/k8s/."""
+    docs: dict[str, dict] = {}
+    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            docs.setdefault(doc["kind"], doc)
+    return docs
+
+
+def compose() -> dict:
+    return yaml.safe_load((DEPLOY / "docker/compose.yaml").read_text())
+
+
+def settings_under(env: dict[str, str], argv: list[str], monkeypatch) -> Settings:
+    """What the CLI makes of ``argv`` under exactly the environment ``env``."""
+    from streams.cli import build_parser
+    from streams.settings import from_args
+
+    for name in ENV_READ:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return from_args(build_parser().parse_args(argv))
+
+
+def test_every_yaml_and_json_file_of_deploy_parses():
+    paths = [*DEPLOY.rglob("*.yaml"), *DEPLOY.rglob("*.yml")]
+    assert len(paths) >= 8
+    for path in paths:
+        assert list(yaml.safe_load_all(path.read_text())), path
+    for path in DEPLOY.rglob("*.json"):
+        json.loads(path.read_text())
+
+
+def test_the_dockerfile_is_multi_stage_non_root_and_builds_the_fast_path():
+    steps = dockerfile()
+    assert sum(1 for word, _ in steps if word == "FROM") == 2
+    assert ("ENTRYPOINT", '["enforcer"]') in steps
+    assert ("CMD", '["worker"]') in steps
+    users = [rest for word, rest in steps if word == "USER"]
+    assert users and users[-1].split(":")[0] not in ("0", "root")
+    runs = [rest for word, rest in steps if word == "RUN"]
+    assert any("ENFORCER_REQUIRE_NATIVE=1 sh deploy/build.sh" in r for r in runs)
+    copied = " ".join(rest for word, rest in steps if word == "COPY")
+    for needed in ("pyproject.toml", "setup.py", "streams", "schemas", "deploy/build.sh"):
+        assert needed in copied
+        assert (ROOT / needed).exists()
+
+
+def test_the_image_and_make_setup_install_through_the_same_script():
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = makefile.split("$(STAMP): ", 1)[1].split("\n\n", 1)[0]
+    assert "deploy/build.sh" in recipe.splitlines()[0]  # a prerequisite: a change rebuilds
+    assert 'sh deploy/build.sh $(PYTHON) $(VENV) -e ".[dev]"' in recipe
+    assert "make test" in (ROOT / ".ci/run").read_text()  # and CI runs make setup's recipe
+    assert "test: setup" in makefile
+
+
+def test_the_image_environment_is_read_by_the_cli(monkeypatch):
+    env = docker_env()
+    assert {k for k in env if k.startswith(("ENFORCER_", "KAFKA_"))} <= ENV_READ
+    s = settings_under(env, ["worker"], monkeypatch)
+    assert s.web_host == "0.0.0.0"  # the probe and the scrape come from outside
+    port = s.web_port
+    assert ("EXPOSE", str(port)) in dockerfile()
+    assert str(s.data_dir) == env["ENFORCER_DATA_DIR"]
+    assert ("VOLUME", f'["{env["ENFORCER_DATA_DIR"]}"]') in dockerfile()
+    health = next(rest for word, rest in dockerfile() if word == "HEALTHCHECK")
+    assert f"127.0.0.1:{port}/ready" in health
+
+
+def test_the_statefulset_agrees_with_the_cli_and_the_image(monkeypatch):
+    from streams.cli import build_parser
+
+    docs = k8s()
+    sts = docs["StatefulSet"]
+    pod = sts["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert set(env) <= ENV_READ, set(env) - ENV_READ
+    s = settings_under(env, container["args"], monkeypatch)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["http"] == s.web_port and s.web_host == "0.0.0.0"
+    probe = container["readinessProbe"]["httpGet"]
+    assert probe["path"] == "/ready" and probe["port"] == "http"
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == s.web_port
+    assert annotations["prometheus.io/path"] == "/metrics"
+    app_source = (ROOT / "streams/app.py").read_text()
+    assert '@app.page("/ready")' in app_source and '@app.page("/metrics")' in app_source
+    # a volume per pod for the RocksDB data dir, where the worker keeps it
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts[claim["metadata"]["name"]] == str(s.data_dir)
+    # the image's user, and the resources of the sizing rule
+    uid = next(rest for word, rest in reversed(dockerfile()) if word == "USER").split(":")[0]
+    assert pod["spec"]["securityContext"]["runAsUser"] == int(uid)
+    assert container["resources"]["requests"]["cpu"] and container["resources"]["limits"]
+    service = docs["Service"]
+    assert service["spec"]["clusterIP"] == "None"
+    assert sts["spec"]["serviceName"] == service["metadata"]["name"]
+    labels = pod["metadata"]["labels"]
+    assert docs["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert service["spec"]["selector"].items() <= labels.items()
+    job = docs["Job"]["spec"]["template"]["spec"]["containers"][0]
+    assert {e["name"] for e in job["env"]} <= ENV_READ
+    build_parser().parse_args(job["args"])  # `enforcer topics create`
+    assert job["image"] == container["image"]
+    kustomized = yaml.safe_load((DEPLOY / "k8s/kustomization.yaml").read_text())["resources"]
+    assert sorted(kustomized) == sorted(p.name for p in (DEPLOY / "k8s").glob("*.yaml")
+                                        if p.name != "kustomization.yaml")  # fmt: skip
+
+
+def test_the_compose_file_agrees_with_the_cli_prometheus_and_grafana(monkeypatch):
+    from streams.cli import build_parser
+
+    services = compose()["services"]
+    assert {"kafka", "enforcer", "prometheus", "grafana"} <= set(services)
+    worker = services["enforcer"]
+    env = {k: str(v) for k, v in worker["environment"].items()}
+    assert set(env) <= ENV_READ, set(env) - ENV_READ
+    s = settings_under(env, worker["command"], monkeypatch)
+    assert s.bootstrap_servers == "kafka:9092" and s.web_host == "0.0.0.0"
+    assert [p.rsplit(":", 1)[1] for p in worker["ports"]] == [str(s.web_port)]
+    assert worker["volumes"][0].split(":")[1] == str(s.data_dir)
+    build_parser().parse_args(services["topics"]["command"])
+    assert worker["build"]["dockerfile"] == "deploy/docker/Dockerfile"
+    assert (DEPLOY / "docker" / worker["build"]["context"] / "deploy/docker/Dockerfile").exists()
+    # Prometheus scrapes the worker's service and port, and reads the rules mounted
+    scrape = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
+    job = next(j for j in scrape["scrape_configs"] if j["job_name"] == "enforcer")
+    assert job["static_configs"][0]["targets"] == [f"enforcer:{s.web_port}"]
+    mounts = {}
+    for name in ("prometheus", "grafana"):
+        for volume in services[name]["volumes"]:
+            source, target = volume.split(":")[:2]
+            assert (DEPLOY / "docker" / source).exists(), source
+            mounts[target] = source
+    assert scrape["rule_files"][0] in mounts
+    provider = yaml.safe_load(
+        (DEPLOY / "grafana/provisioning/dashboards/enforcer.yml").read_text()
+    )["providers"][0]
+    assert provider["options"]["path"] in mounts

@@ -112,6 +112,21 @@ def test_http_endpoints_and_no_content_in_logs(env: Deployment) -> None:
     wait_metric(worker, "enforcer_decisions_total", '{outcome="PUBLISHED",reason="ELIGIBLE"}', 1)
     assert metric(worker, "enforcer_decision_latency_seconds_count") >= 2
     assert metric(worker, "enforcer_ready") == 1
+    # the consumer lag of every input partition: the re-keying stage's (written once per
+    # commit interval) and the gate's (at scrape time); everything was read: 0
+    deadline = time.monotonic() + 30
+    internal = f"{n.app_id}-user-events-repartition"
+    stages = ("rekey", n.posts), ("rekey", n.objections), ("gate", internal)
+    while True:
+        text = worker.http("/metrics")[1]
+        lags = [
+            line for line in text.splitlines() if line.startswith("enforcer_consumer_lag_records{")
+        ]
+        if all(any(f'stage="{s}",topic="{t}"' in line for line in lags) for s, t in stages):
+            break
+        assert time.monotonic() < deadline, lags
+        time.sleep(0.2)
+    assert metric(worker, "enforcer_consumer_lag_records", _lag_labels(stages[0], text)) == 0
     log = worker.full_log()
     assert SECRET_TEXT not in log and SECRET_URL not in log
     # the web server listens on loopback only
@@ -121,6 +136,14 @@ def test_http_endpoints_and_no_content_in_logs(env: Deployment) -> None:
     if status.returncode == 0 and status.stdout.strip():
         assert all("127.0.0.1:" in line for line in status.stdout.splitlines()), status.stdout
     assert worker.stop() == 0
+
+
+def _lag_labels(stage: tuple[str, str], text: str) -> str:
+    """The labels of the first lag sample of ``stage`` (stage, topic) in ``text``."""
+    for line in text.splitlines():
+        if f'stage="{stage[0]}",topic="{stage[1]}"' in line:
+            return line[len("enforcer_consumer_lag_records") : line.index("}") + 1]
+    raise AssertionError(stage)
 
 
 def _stage(worker) -> psutil.Process:

@@ -16,7 +16,8 @@ What must hold (each failure is a ``Violation`` naming the record):
 * ``published_while_objected``: no post of a user is on ``training-ingest`` with a
   ``decided_at`` after the receipt of an objection then in force (by the receipts, in
   the order they were applied) on its platform; ``published_without_decision``: every
-  record on ``training-ingest`` has its PUBLISHED decision.
+  post on ``training-ingest`` has a PUBLISHED decision (a copy whose own Decision a
+  crash lost, its input decided again, is counted as ``published_copy_decision_lost``).
 * ``still_live``: every post whose user now objects on its platform is retracted (its
   last record on ``training-ingest`` is a tombstone); and for each retraction, the
   objection-to-retraction latency (the objection record's timestamp to the RETRACTED
@@ -396,6 +397,13 @@ class Checker:
 
         # 3. nothing published while an objection was in force; nothing without a decision
         decided = {(d["post_id"], d["decided_at"]) for d, _ in self.published}
+        # posts with a decision of their own (not a replay's): a copy on training-ingest
+        # without its own decision is then one whose Decision a crash lost before it was
+        # sent (the TrainingRecord goes first); the input was processed again and decided
+        # anew, so it is counted, not a violation
+        has_decision = {d["post_id"] for d, _ in self.published} | {
+            d["post_id"] for d, _ in self.retracted
+        }
         for post_id, history in self.training.items():
             for _, record in history:
                 if record is None:
@@ -404,7 +412,9 @@ class Checker:
                 if not self._in_window(at):
                     continue
                 c["training_records"] += 1
-                if (post_id, at) not in decided:
+                if (post_id, at) not in decided and post_id in has_decision:
+                    c["published_copy_decision_lost"] += 1
+                elif (post_id, at) not in decided:
                     v(
                         Violation(
                             "published_without_decision",

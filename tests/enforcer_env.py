@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from streams.settings import Settings
 from streams.topics import ensure_topics
-from tests.support import Names, Reader, Sender, Worker
+from tests.support import ROOT, Names, Reader, Sender, Worker
 
 
 class Deployment:
@@ -69,6 +71,30 @@ class Deployment:
                     worker.kill()
         for reader in self.readers:
             reader.close()
+
+
+def run_enforcer(
+    env: Deployment, command: str, *args: str, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """``enforcer COMMAND`` with the deployment's broker, topics and partitions."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streams",
+            command,
+            "--bootstrap-servers",
+            env.kafka,
+            *env.names.flags(),
+            "--partitions",
+            str(env.partitions),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
 
 
 def metric(worker: Worker, name: str, labels: str = "") -> float:

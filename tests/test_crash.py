@@ -11,7 +11,7 @@ from streams.consent import EMPTY, apply
 from streams.generator import TrafficGenerator
 from streams.policy import load_policy
 from streams.records import partition_for_user
-from tests.enforcer_env import Deployment
+from tests.enforcer_env import Deployment, run_enforcer
 from tests.support import live_view
 
 
@@ -113,5 +113,17 @@ def test_kill_9_mid_stream_then_restart(kafka: str, names, tmp_path: Path, resta
         # objectors' posts were actually retracted or blocked (the test exercises both)
         outcomes = {(d.value["outcome"], d.value["reason"]) for d in decisions.records}
         assert ("RETRACTED", "OBJECTED") in outcomes and ("BLOCKED", "OBJECTED") in outcomes
+        # every objection event has its receipt; then the independent check of the topics
+        # (issue 18): every input accounted for, nothing published while objected
+        env.reader(names.receipts).wait_for(
+            lambda rs: (
+                len({(r.value["source_partition"], r.value["source_offset"]) for r in rs})
+                >= len(events)
+            ),
+            timeout=60,
+            what="a receipt for every objection event",
+        )
+        checked = run_enforcer(env, "verify", "--grace", "0")
+        assert checked.returncode == 0, checked.stdout[:8000] + checked.stderr[-2000:]
     finally:
         env.close()

@@ -16,10 +16,23 @@ from streams.settings import Settings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
-# Served by `enforcer verify --follow` (issue 18, streams/verify.py, written separately):
-# the name and label agreed for it. The alert EnforcerVerifyViolation and the dashboard's
-# "Verify violations" panel read it.
-VERIFY_METRICS = {"enforcer_verify_violations_total": {"kind"}}
+# Served by `enforcer verify --follow` (issue 18): streams/verify.py's render_metrics.
+# The alert EnforcerVerifyViolation and the dashboard's "Verify violations" panel read
+# enforcer_verify_violations{check}.
+VERIFY_METRICS = {"enforcer_verify_violations": {"check"}}
+
+
+def served_by_verify() -> dict[str, set[str]]:
+    """Each sample name `enforcer verify --follow` serves -> its label names."""
+    from streams.verify import render_metrics
+
+    result = SimpleNamespace(violations=[], counts={"posts": 1}, latencies=[])
+    out: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(render_metrics(result, 1)):
+        for sample in family.samples:
+            out.setdefault(sample.name, set()).update(sample.labels)
+    return out
+
 
 # labels Prometheus adds to every scraped series
 TARGET_LABELS = {"instance", "job", "pod", "namespace", "container", "service"}
@@ -98,7 +111,10 @@ def test_the_extractor_finds_metrics_and_only_metrics():
 
 
 def test_every_metric_the_dashboard_and_the_rules_use_is_served():
-    serves = {**served(), **VERIFY_METRICS}
+    by_verify = served_by_verify()
+    for name, labels in VERIFY_METRICS.items():
+        assert labels <= by_verify[name], name
+    serves = {**served(), **by_verify}
     exprs = dashboard_exprs() + rule_exprs()
     assert len(exprs) > 10
     used: dict[str, set[str]] = {}
@@ -119,7 +135,7 @@ def test_every_metric_the_dashboard_and_the_rules_use_is_served():
         "enforcer_dlq_total",
         "enforcer_retraction_latency_seconds_bucket",
         "enforcer_ready",
-        "enforcer_verify_violations_total",
+        "enforcer_verify_violations",
     ):
         assert needed in used, needed
 

@@ -35,12 +35,14 @@ from typing import Any
 
 from confluent_kafka import (
     Consumer,
+    IsolationLevel,
     KafkaError,
     KafkaException,
     Message,
     Producer,
     TopicPartition,
 )
+from confluent_kafka.admin import OffsetSpec
 
 from .codec import OBJECTION, POST, Codec, DecodeError, RegistryUnavailable, wait_for_registry
 from .outputs import producer_config
@@ -58,13 +60,14 @@ from .records import (
     source_prefix,
 )
 from .settings import Settings
-from .topics import DataLossError
+from .topics import DataLossError, admin_client
 
 log = logging.getLogger("streams.rekey")
 
 BATCH = 5000
 # the packed source header of a forwarded record, at most (its topic name and key vary)
 SOURCE_HEADER_BYTES = 2048
+OBJECTIONS_WAIT_LOG = 5.0  # seconds between log lines while posts wait for objections
 COMMIT_INTERVAL = 1.0  # seconds between flush-and-commit
 
 
@@ -246,6 +249,9 @@ class Rekeyer:
         # per input (topic, partition): the offset after the last record forwarded or
         # sent to the DLQ, the only offsets ever committed
         self._done: dict[tuple[str, int], int] = {}
+        self._admin = admin_client(settings)
+        self._objection_partitions: list[int] | None = None
+        self._partitions_expire = 0.0
         self._dlq_slot = {
             settings.posts_topic: DLQ_POSTS,
             settings.objections_topic: DLQ_OBJECTIONS,
@@ -328,13 +334,17 @@ class Rekeyer:
             while not self.stopping.is_set():
                 # consume(n, timeout) waits for n records or the timeout: at low rates that
                 # is pure latency. Wait for the first record only, then take what is there.
-                # ``first`` is handled before consume() is called: a revocation served in
-                # there commits what was handled so far, and nothing else (``_done``)
+                # (A revocation served inside consume() commits what was handled so far,
+                # and nothing else: ``_done``.)
                 first = consumer.poll(0.1)
                 if first is not None:
-                    self._handle(consumer, first, producer, internal)
-                    for msg in consumer.consume(BATCH - 1, timeout=0):
-                        self._handle(consumer, msg, producer, internal)
+                    batch = [first, *consumer.consume(BATCH - 1, timeout=0)]
+                    posts = self._objections_first(consumer, batch, producer, internal, commit)
+                    if posts and self._await_objections(
+                        consumer, posts, producer, internal, commit
+                    ):
+                        for msg in posts:
+                            self._handle(consumer, msg, producer, internal)
                     producer.poll(0)
                     self._publish_counts()
                 if self._failure:
@@ -349,6 +359,91 @@ class Rekeyer:
             if not clean:
                 producer.flush(30)
             consumer.close()
+
+    # -- objections before posts ----------------------------------------------------
+    # Posts and objections are separate topics, and their partitions are read by the
+    # re-keying stages of several workers: an objection acknowledged before a post was
+    # produced could reach the gate after it (a slow or restarting stage, a killed
+    # worker whose partitions wait for its session to time out), and the post would be
+    # published, then retracted. A post is therefore forwarded only once every
+    # objection acknowledged before it was read has been forwarded: once, for every
+    # objections partition, what has been forwarded and acknowledged (by this stage,
+    # or committed by whichever stage owns the partition) reaches the partition's last
+    # stable offset as listed after the post was read. Both then land, in that order,
+    # on the user's internal partition. Stages commit objections as soon as they are
+    # forwarded, so that others see them at once.
+
+    def _objections_first(
+        self, consumer: Consumer, batch: list, producer: Producer, internal: str, commit: Any
+    ) -> list:
+        """Handle the batch's objection records (and consumer errors); return its posts.
+        Forwarded objections are flushed and committed at once."""
+        posts, objections = [], False
+        for msg in batch:
+            if msg.error() is None and msg.topic() == self.settings.posts_topic:
+                posts.append(msg)
+            else:
+                self._handle(consumer, msg, producer, internal)
+                objections = objections or msg.error() is None
+        if objections:
+            topic = self.settings.objections_topic
+            commit([TopicPartition(t, p) for t, p in self._done if t == topic])
+        return posts
+
+    def _await_objections(
+        self, consumer: Consumer, posts: list, producer: Producer, internal: str, commit: Any
+    ) -> bool:
+        """Wait until every objection acknowledged before ``posts`` were read is
+        forwarded (see above); meanwhile forward objections and hold the posts (their
+        partitions paused; records of them still delivered are added to ``posts``).
+        False when the stage is stopping first (the posts are then not forwarded, and
+        not committed)."""
+        paused: list = []
+        waited = time.monotonic()
+        try:
+            while True:
+                behind = self._objections_behind(consumer)
+                if not behind:
+                    return True
+                if self.stopping.is_set():
+                    return False
+                if not paused:
+                    topic = self.settings.posts_topic
+                    paused = [tp for tp in consumer.assignment() if tp.topic == topic]
+                    if paused:
+                        consumer.pause(paused)
+                if time.monotonic() - waited > OBJECTIONS_WAIT_LOG:
+                    log.info("posts wait for objections partitions %s to be forwarded", behind)
+                    waited = time.monotonic()
+                batch = consumer.consume(BATCH, timeout=0.05)
+                posts += self._objections_first(consumer, batch, producer, internal, commit)
+        finally:
+            if paused:
+                consumer.resume(paused)
+
+    def _objections_behind(self, consumer: Consumer) -> list[int]:
+        """The objections partitions whose acknowledged records are not yet all
+        forwarded (as of now)."""
+        topic = self.settings.objections_topic
+        if self._objection_partitions is None or time.monotonic() > self._partitions_expire:
+            md = consumer.list_topics(topic, timeout=30).topics[topic]
+            self._objection_partitions = sorted(md.partitions)
+            self._partitions_expire = time.monotonic() + 30.0
+        tps = [TopicPartition(topic, p) for p in self._objection_partitions]
+        stable = {
+            tp.partition: future.result(timeout=30).offset
+            for tp, future in self._admin.list_offsets(
+                {tp: OffsetSpec.latest() for tp in tps},
+                isolation_level=IsolationLevel.READ_COMMITTED,
+                request_timeout=30,
+            ).items()
+        }
+        forwarded = {p: o for (t, p), o in self._done.items() if t == topic}
+        others = [tp for tp in tps if tp.partition not in forwarded]
+        if others:  # partitions of other stages: what they committed
+            for tp in consumer.committed(others, timeout=30):
+                forwarded[tp.partition] = tp.offset
+        return [p for p, end in stable.items() if forwarded.get(p, -1) < end]
 
     def _handle(self, consumer: Consumer, msg: Message, producer: Producer, internal: str) -> None:
         """Forward one consumed record, or act on a consumer error."""

@@ -325,3 +325,56 @@ def test_no_input_is_lost_or_leaked_while_workers_join_and_leave(env: Deployment
     assert not [p for p in live if p.startswith(b"x-")]
     assert {p for p in wanted if p.startswith(b"t-")} <= live
     assert first.alive() and third.alive()
+
+
+def test_a_post_never_overtakes_an_objection_acknowledged_before_it(env: Deployment) -> None:
+    """An objection acknowledged before a post was produced is applied before the post
+    is decided, even while the objection's partition is held by a re-keying stage that
+    does not forward it (a slow or frozen worker, or one whose session has not timed
+    out yet): the post waits. Before, the post was published at once and retracted
+    only once the objection came through."""
+    n = env.names
+    worker = env.worker()
+    stalled = Consumer(
+        {
+            "bootstrap.servers": env.kafka,
+            "group.id": f"{n.app_id}-rekey",  # the re-keying stages' group
+            "partition.assignment.strategy": "cooperative-sticky",
+            "enable.auto.commit": False,
+            "session.timeout.ms": 10000,
+        }
+    )
+    try:
+        held: list[int] = []
+
+        def on_assign(consumer: Consumer, partitions: list) -> None:
+            held.extend(tp.partition for tp in partitions)
+
+        stalled.subscribe([n.objections], on_assign=on_assign)
+        deadline = time.monotonic() + 60
+        while not held:
+            stalled.poll(0.2)
+            assert time.monotonic() < deadline, "the stalled stage got no objections partition"
+        wait_metric(worker, "enforcer_ready", "", 1)
+        sender = env.sender()
+        sender.raw(
+            n.objections, CODEC.encode("ObjectionEvent", objection("held", "u")), b"u", held[0]
+        )
+        sender.flush()  # acknowledged by the broker before the post is produced
+        sender.posts(n.posts, [post("after-objection", "u"), post("bystander", "v")]).flush()
+        decisions = env.reader(n.decisions)
+        quiet_until = time.monotonic() + 4
+        while time.monotonic() < quiet_until:  # the stalled stage keeps its partitions
+            stalled.poll(0.1)
+            decisions.poll(0.1)
+        assert decisions.records == [], "a post was decided before the objection was applied"
+    finally:
+        stalled.close()  # leaves the group: a worker's stage takes the partition over
+    got = decisions_by_post(decisions.wait_count(2))
+    assert (got["after-objection"][0]["outcome"], got["after-objection"][0]["reason"]) == (
+        "BLOCKED",
+        "OBJECTED",
+    )
+    assert got["bystander"][0]["outcome"] == "PUBLISHED"
+    training = env.reader(n.training).settle(quiet=1.0)
+    assert b"after-objection" not in {r.key for r in training}

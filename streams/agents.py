@@ -104,6 +104,8 @@ class Processor:
         self.consent = consent
         self.ledger = Ledger(ledger)
         self.outputs = outputs
+        # with fencing, one transactional producer per partition (outputs.use selects it)
+        self._fencing = bool(getattr(outputs, "transactional", False))
         self.metrics = metrics
         self.rekeyer: Any = None
         self.offsets = OffsetTracker()
@@ -146,14 +148,20 @@ class Processor:
             return False
 
     # -- the batch -----------------------------------------------------------------
-    def process(self, messages: Iterable[Any], timestamp_scale: float = 1.0) -> None:
+    def process(
+        self, messages: Iterable[Any], timestamp_scale: float = 1.0, partition: int | None = None
+    ) -> None:
         """Process a batch of internal records, in offset order per partition.
 
         ``timestamp_scale``: seconds per unit of their timestamps (Faust messages have
-        seconds, aiokafka records milliseconds)."""
+        seconds, aiokafka records milliseconds). ``partition``: the one partition all of
+        them are of, if known (with fencing the fast path needs it: its records go
+        through that partition's producer)."""
         self._timestamp_scale = timestamp_scale
         try:
             fast = self._fast if self._fast is not None else self._make_fast()
+            if fast and self._fencing:
+                fast = self._fast_for(partition)
             if fast:  # the common posts in C, every other record through process_one
                 decided, decisions, buckets, latency_sum, latency_n = fast.run(
                     messages, timestamp_scale
@@ -181,6 +189,19 @@ class Processor:
             except native.Unsupported as exc:
                 log.info("posts are decided in Python: %s", exc)
         return self._fast
+
+    def _fast_for(self, partition: int | None) -> Any:
+        """With fencing: the fast path writing through ``partition``'s producer (made once
+        per producer), or False (records one at a time, each routed by its partition)."""
+        if partition is None or not self.outputs.use(partition):
+            return False
+        part = self.outputs.partitions[partition]
+        if part.fast is None:
+            part.fast = native.make_fast_gate(_WithOutputs(self, part))
+            fixed_now = getattr(self._fast, "fixed_now", None)  # tests' clock
+            if fixed_now is not None:
+                part.fast.fixed_now = fixed_now
+        return part.fast
 
     def _count_fast(
         self, decisions: tuple[int, ...], buckets: tuple[int, ...], total: float, n: int
@@ -231,6 +252,8 @@ class Processor:
             if self._repositioning:
                 self._repositioning.pop(partition, None)
             try:
+                if self._fencing and not self.outputs.use(partition):  # no producer here
+                    raise StateNotReady(f"partition {partition} has no producer here")
                 self.gate(message)
             except StateNotReady as exc:
                 # the partition's table is not open here (being revoked or not yet
@@ -322,7 +345,11 @@ class Processor:
 
     def settle(self) -> None:
         """Before a commit: wait for every output, then write the ledger removals they
-        made safe, and wait for those too."""
+        made safe, and wait for those too. With fencing the removals go into the open
+        transaction of their tombstones, committed or aborted together with them."""
+        if self._fencing:
+            self.ledger.settle()
+            return
         self.outputs.flush()
         if self.ledger.settle():
             self.outputs.flush()
@@ -607,6 +634,18 @@ class Processor:
             self.metrics.retracted_posts += len(fx.tombstones)
         for post_id in fx.ledger_remove:
             self.ledger.remove(partition, user_id, post_id)
+
+
+class _WithOutputs:
+    """A processor as ``native.make_fast_gate`` sees it, with one partition's producer
+    (fencing) as its outputs."""
+
+    def __init__(self, processor: Processor, outputs: Any) -> None:
+        self._processor = processor
+        self.outputs = outputs
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._processor, name)
 
 
 # the Post fields the gate reads from a scanned post, in the order it indexes them

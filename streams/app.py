@@ -67,14 +67,19 @@ GATE_BATCH = 2000
 GATE_WITHIN = 0.005  # seconds a partial batch waits for more records
 
 
-def _install_fetch_wait(fetch_min_bytes: int) -> None:
+def _install_fetch_wait(fetch_min_bytes: int, read_committed: bool = False) -> None:
     """Faust hard-codes ``fetch_max_wait_ms=1500`` for its worker consumer. Its fetch
     requests also name the (idle) changelog partitions, and the broker held them for
     the full wait even while the internal topic had data: decisions came 0.3-1.5 s
     late at 1,000 posts/s. A short wait keeps decision latency in milliseconds; a fetch
-    returns early once ``fetch_min_bytes`` are there (fewer requests for the broker)."""
+    returns early once ``fetch_min_bytes`` are there (fewer requests for the broker).
+
+    With fencing the consumer also reads ``read_committed`` (Faust does so only with its
+    own ``exactly_once``): table recovery then never restores an aborted write of a
+    fenced worker, and the end offsets recovery reads to are the last stable ones."""
     thread_cls = faust_aiokafka.AIOKafkaConsumerThread
     thread_cls._enforcer_fetch_min_bytes = fetch_min_bytes
+    thread_cls._enforcer_read_committed = read_committed
     if getattr(thread_cls, "_enforcer_fetch_wait", False):
         return
     create = thread_cls._create_worker_consumer
@@ -83,6 +88,8 @@ def _install_fetch_wait(fetch_min_bytes: int) -> None:
         consumer = create(self, transport)
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
         consumer._fetch_min_bytes = thread_cls._enforcer_fetch_min_bytes
+        if thread_cls._enforcer_read_committed:  # read when its fetcher is made (start)
+            consumer._isolation_level = "read_committed"
         return consumer
 
     thread_cls._create_worker_consumer = create_worker_consumer
@@ -149,8 +156,9 @@ def _dispatch_to_gate(app: faust.App, topic: str, processor: Processor) -> None:
         if mine:
             batches = [records.pop(tp) for tp in mine]
             if may_process():
-                for batch in batches:  # aiokafka records: timestamps in milliseconds
-                    processor.process(batch, timestamp_scale=0.001)
+                for tp, batch in zip(mine, batches, strict=True):
+                    # aiokafka records: timestamps in milliseconds
+                    processor.process(batch, timestamp_scale=0.001, partition=tp.partition)
         return records
 
     async def on_message(message: Any) -> None:
@@ -162,6 +170,44 @@ def _dispatch_to_gate(app: faust.App, topic: str, processor: Processor) -> None:
 
     consumer._getmany = getmany
     consumer.callback = on_message
+
+
+def _fence_before_recovery(
+    app: faust.App, topic: str, changelogs: list[str], outputs: OutputProducer
+) -> None:
+    """With fencing: on every assignment, initialise a transactional producer for each
+    assigned partition of the gate's topic **before** Faust restores the tables.
+    ``init_transactions`` fences every earlier producer of the partition (a worker that
+    was frozen past its session timeout cannot write its outputs or table changes any
+    more) and completes or aborts its open transaction, so recovery, reading
+    ``read_committed``, sees the partition's final committed state. Then each assigned
+    changelog partition gets an end record (``OutputProducer.mark_ends``), so that
+    recovery has a record to end on after the last commit marker.
+
+    Faust restores tables from ``TableManager.on_rebalance`` (it starts the recovery
+    service), which ``App._on_partitions_assigned`` awaits before it sends the
+    ``on_partitions_assigned`` signal, too late for this: the table manager's method is
+    wrapped instead (checked to exist at start)."""
+    tables = app.tables
+    if not callable(getattr(tables, "on_rebalance", None)) or not hasattr(tables, "recovery"):
+        raise RuntimeError("Faust's TableManager.on_rebalance is gone: fencing cannot work")
+    restore = tables.on_rebalance
+
+    async def on_rebalance(
+        assigned: Any, revoked: Any, newly_assigned: Any, generation_id: int = 0
+    ) -> None:
+        mine = sorted(tp.partition for tp in assigned if tp.topic == topic)
+        outputs.drop([p for p in outputs.partitions if p not in mine])
+        new = [p for p in mine if p not in outputs.partitions]
+        loop = asyncio.get_running_loop()
+        if new:
+            outputs.add(await loop.run_in_executor(None, outputs.start, new))
+            log.info("transactional producers initialised for partitions %s", new)
+        if mine:
+            await loop.run_in_executor(None, outputs.mark_ends, changelogs, mine)
+        await restore(assigned, revoked, newly_assigned, generation_id)
+
+    tables.on_rebalance = on_rebalance
 
 
 def faust_settings(settings: Settings, replication_factor: int) -> dict[str, Any]:
@@ -328,13 +374,22 @@ def wire_offsets(
 
     committed: dict[int, int] = {}  # partition -> offset committed, not yet purged
 
+    outputs = processor.outputs
+    fencing = bool(getattr(outputs, "transactional", False))
+
     async def commit_now() -> None:
+        # With fencing: the open transactions first (outputs and table changes of the
+        # processed inputs become visible; a fenced or timed-out commit stops the worker
+        # here), then the tables' offsets, then the input offsets, outside the
+        # transaction (at-least-once: a crash in between repeats idempotent outputs).
         due = processor.offsets.to_commit()
-        if not due:
+        if not due and not (fencing and outputs.in_transaction()):
             return
         processor.settle()
+        if fencing:
+            outputs.commit()
         persist_offsets()
-        if await app.consumer._commit({TP(topic, p): o for p, o in due.items()}):
+        if due and await app.consumer._commit({TP(topic, p): o for p, o in due.items()}):
             processor.offsets.committed_ok(due)
             committed.update(due)
 
@@ -372,6 +427,8 @@ def wire_offsets(
         for tp in tps:
             if tp.topic == topic:
                 processor.forget(tp.partition)
+        if fencing:  # re-created and initialised on assignment (_fence_before_recovery)
+            outputs.drop([tp.partition for tp in tps if tp.topic == topic])
 
     async def assigned(app: faust.App, tps: Any, **kwargs: Any) -> None:
         mine = sorted(tp.partition for tp in tps if tp.topic == topic)
@@ -392,7 +449,7 @@ def build(
     settings: Settings, policy: Policy, codec: Codec, replication_factor: int = 1
 ) -> Enforcer:
     """Build the worker's Faust app."""
-    _install_fetch_wait(settings.fetch_min_bytes)
+    _install_fetch_wait(settings.fetch_min_bytes, read_committed=settings.fencing)
     if os.environ.get("ENFORCER_FAST_DISPATCH", "1") != "0":
         _install_fast_dispatch()
     app = faust.App(settings.app_id, **faust_settings(settings, replication_factor))
@@ -408,6 +465,20 @@ def build(
     outputs = OutputProducer(settings)
     consent_state = TableState(consent, settings.changelog_topic("consent"), outputs)
     ledger_state = TableState(ledger, settings.changelog_topic("ledger"), outputs)
+
+    def full_recovery(partitions: list[int]) -> None:
+        # the worker stops for a failed transactional call: these partitions' RocksDB
+        # may hold writes whose changelog records are aborted; restore them in full
+        # from the changelog next time (Faust reads from the start at offset -1)
+        for state in (consent_state, ledger_state):
+            store = state.table.data
+            for partition in partitions:
+                db = store._dbs.get(partition)
+                if db is not None:
+                    store.set_persisted_offset(TP(state.changelog_topic, partition), -1)
+                    db.flush()  # no write-ahead log: only a flush keeps it
+
+    outputs.on_fatal = full_recovery
 
     def persist_offsets() -> None:
         try:
@@ -436,6 +507,13 @@ def build(
     if os.environ.get("ENFORCER_DIRECT_DISPATCH", "1") != "0":
         _dispatch_to_gate(app, settings.user_events_topic, processor)
     wire_offsets(app, settings, processor, metrics, persist_offsets)
+    if settings.fencing:
+        _fence_before_recovery(
+            app,
+            settings.user_events_topic,
+            [settings.changelog_topic("consent"), settings.changelog_topic("ledger")],
+            outputs,
+        )
 
     @app.task
     async def start_rekeying() -> None:

@@ -126,6 +126,9 @@ class TableState:
         uncommitted inputs again with the whole state."""
         store = self.table.data
         runs = self.outputs.changelog_runs
+        # with fencing no other worker can write a partition this one has initialised
+        # its producer for, and transaction markers take offsets between its own writes
+        fenced = getattr(self.outputs, "transactional", False)
         for key in [k for k in runs if k[0] == self.changelog_topic]:
             first, last, count = runs.pop(key)
             tp = TP(*key)
@@ -139,7 +142,7 @@ class TableState:
                 # written before recovery read them (a rebalance in between): recovery
                 # has its own offset; nothing to tell from these
                 continue
-            if first != base + 1 or last - first + 1 != count:
+            if not fenced and (first != base + 1 or last - first + 1 != count):
                 raise ForeignChangelogWrite(
                     f"{tp.topic}[{tp.partition}]: offsets {base + 1}..{last} have "
                     f"{last - base - count} records this worker did not write (its own: "
@@ -214,8 +217,11 @@ class Ledger:
         """Write every held removal; call only once every output produced before them
         is acknowledged. Returns how many were written."""
         done = list(self._held)
+        # with fencing, each partition's removals go through its own producer
+        use = getattr(getattr(self.state, "outputs", None), "use", None)
         for partition, key in done:
-            self.state.delete(partition, key)
+            if use is None or use(partition):
+                self.state.delete(partition, key)
         self._held.clear()
         return len(done)
 

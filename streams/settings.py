@@ -82,6 +82,10 @@ class Settings:
     # records of the objections topic or an internal topic deleted by retention before
     # they were processed: stop (the default), or skip them, counted and logged
     accept_data_loss: bool = False
+    # one transactional producer per gate partition, so that a worker that no longer
+    # owns a partition cannot write its outputs or table changes (docs/operations.md,
+    # "Fencing"); off: one idempotent producer for everything
+    fencing: bool = False
     # how long tombstones stay on training-ingest for downstream consumers to see, and
     # how long the DLQ (which holds post content) keeps records
     tombstone_retention_ms: int = 7 * 86_400_000
@@ -215,6 +219,12 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         "before they were processed, instead of stopping [ENFORCER_ACCEPT_DATA_LOSS=1]",
     )
     g.add_argument(
+        "--fencing",
+        choices=("on", "off"),
+        help="transactional outputs that a partition's new owner fences "
+        "[ENFORCER_FENCING, default off]",
+    )
+    g.add_argument(
         "--tombstone-retention-ms",
         type=int,
         help="delete.retention.ms of created training-ingest topics "
@@ -278,6 +288,10 @@ def from_args(args: argparse.Namespace) -> Settings:
         if raw not in ("", "0", "1"):
             raise SettingsError(f"ENFORCER_ACCEPT_DATA_LOSS must be 0 or 1, got {raw!r}")
         accept = raw == "1"
+    fencing = getattr(args, "fencing", None) or env.get("ENFORCER_FENCING", "")
+    if fencing not in ("", "on", "off"):
+        raise SettingsError(f"ENFORCER_FENCING must be on or off, got {fencing!r}")
+    fencing = Settings.fencing if fencing == "" else fencing == "on"
     app_id = str(pick(args.app_id, "ENFORCER_APP_ID", DEFAULT_APP_ID))
     data_dir = pick(args.data_dir, "ENFORCER_DATA_DIR", None)
     policy = pick(args.policy, "ENFORCER_POLICY", None)
@@ -304,6 +318,7 @@ def from_args(args: argparse.Namespace) -> Settings:
         max_record_bytes=number("max_record_bytes", "ENFORCER_MAX_RECORD_BYTES"),
         max_clock_skew_ms=number("max_clock_skew_ms", "ENFORCER_MAX_CLOCK_SKEW_MS"),
         accept_data_loss=accept,
+        fencing=fencing,
         tombstone_retention_ms=number("tombstone_retention_ms", "ENFORCER_TOMBSTONE_RETENTION_MS"),
         dlq_retention_ms=number("dlq_retention_ms", "ENFORCER_DLQ_RETENTION_MS"),
         audit_retention_ms=number("audit_retention_ms", "ENFORCER_AUDIT_RETENTION_MS"),

@@ -108,3 +108,18 @@ def test_a_compacted_tail_read_by_recovery_is_no_foreign_write() -> None:
     delivered(out, 0, 15, 16)
     table.persist_offsets()
     assert store.persisted[0] == 16
+
+
+def test_with_fencing_transaction_markers_between_own_writes_are_no_foreign_write() -> None:
+    # fencing on: each commit leaves a marker after the partition's records (13, 16), and
+    # no other worker can write here after this one's init_transactions; the offset
+    # moves to the last own write. (A fenced zombie's writes fail: it stops, its
+    # transaction is aborted and read_committed recovery never restores it.)
+    table, store, out = state({0: 9})
+    out.transactional = True
+    delivered(out, 0, 11, 12)  # 10: the end record written on assignment (mark_ends)
+    table.persist_offsets()
+    assert store.persisted[0] == 12
+    delivered(out, 0, 14, 15)
+    table.persist_offsets()
+    assert store.persisted[0] == 15

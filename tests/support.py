@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -408,9 +409,13 @@ LOCAL_KAFKA = ROOT / "deploy" / "kafka" / "local-kafka"
 
 
 def free_ports(count: int) -> int:
-    """The first of ``count`` consecutive free TCP ports on 127.0.0.1."""
+    """The first of ``count`` consecutive free TCP ports on 127.0.0.1, below the
+    kernel's range of ephemeral ports (32768 and up here): a node killed and restarted
+    must find its port free, and an outgoing connection of any client may take a port
+    of that range as its own meanwhile ("Unable to start acceptor" in a chaos run).
+    local-kafka puts the controllers 1000 above."""
     while True:
-        base = free_port()
+        base = random.randrange(20000, 30000 - count)
         with contextlib.ExitStack() as stack:
             try:
                 for port in range(base, base + count):

@@ -288,7 +288,15 @@ def measure_throughput(
     decision: a pipeline that re-keys everything before deciding is not flattered."""
     sampler = Sampler(proc.pid)
     sampler.start()
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4()}"})
+    # read_committed: with fencing (transactions) the end offset is the last stable one, so
+    # that the clock stops at the last decision committed, not merely written
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-{uuid.uuid4()}",
+            "isolation.level": "read_committed",
+        }
+    )
     broker_procs = [psutil.Process(broker_pid)] if broker_pid else []
     first_at = cpu_first = broker_first = None
     threads_first: dict[str, float] = {}

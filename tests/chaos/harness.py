@@ -24,6 +24,8 @@ import contextlib
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 import tomllib
@@ -680,6 +682,27 @@ def report(result: dict) -> str:
 
 
 # -- a run -------------------------------------------------------------------------------------
+def independent_check(bootstrap: str, names: Names) -> dict:
+    """``enforcer verify`` over the run's topics (issue 18): its exit code and output."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streams",
+            "verify",
+            "--bootstrap-servers",
+            bootstrap,
+            *names.flags(),
+            "--grace",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return {"verify_exit": done.returncode, "verify_output": done.stdout[-6000:]}
+
+
 def settings_for(bootstrap: str, names: Names, partitions: int, data_dir: Path) -> Settings:
     return Settings(
         bootstrap_servers=bootstrap,
@@ -691,6 +714,7 @@ def settings_for(bootstrap: str, names: Names, partitions: int, data_dir: Path) 
         retractions_topic=names.retractions,
         decisions_topic=names.decisions,
         dlq_topic=names.dlq,
+        receipts_topic=names.receipts,
         data_dir=data_dir,
     )
 
@@ -757,6 +781,7 @@ def run(
         wait_all_decided(bootstrap, names, settle_timeout)
         time.sleep(5)  # held removals settle and commit
         result = oracle(bootstrap, names, traffic.acked)
+        result.update(independent_check(bootstrap, names))
     finally:
         stop_supervisor.set()
         fleet.stop_all()

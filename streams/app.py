@@ -230,7 +230,7 @@ def faust_settings(settings: Settings, replication_factor: int) -> dict[str, Any
         "broker_max_poll_records": 2000,
         "stream_buffer_maxsize": 8192,
         "stream_wait_empty": True,
-        "table_standby_replicas": 0,
+        "table_standby_replicas": settings.standby_replicas,  # at most workers - 1 (Faust)
         "web_enabled": True,
         "web_bind": settings.web_host,
         "web_host": settings.web_host,

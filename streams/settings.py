@@ -86,6 +86,12 @@ class Settings:
     # owns a partition cannot write its outputs or table changes (docs/operations.md,
     # "Fencing"); off: one idempotent producer for everything
     fencing: bool = False
+    # standby replicas of each table partition, kept warm from the changelog by other
+    # workers of the app, so that a failed worker's partitions move to a worker that
+    # holds their state already (docs/operations.md, "Standby replicas and failover");
+    # Faust keeps at most one per other worker, so with a single worker this costs
+    # nothing
+    standby_replicas: int = 1
     # how long tombstones stay on training-ingest for downstream consumers to see, and
     # how long the DLQ (which holds post content) keeps records
     tombstone_retention_ms: int = 7 * 86_400_000
@@ -225,6 +231,12 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         "[ENFORCER_FENCING, default off]",
     )
     g.add_argument(
+        "--standby-replicas",
+        type=int,
+        help="standby copies of each table partition on other workers (0-3; Faust keeps "
+        "at most one per other worker) [ENFORCER_STANDBY_REPLICAS, default 1]",
+    )
+    g.add_argument(
         "--tombstone-retention-ms",
         type=int,
         help="delete.retention.ms of created training-ingest topics "
@@ -319,6 +331,7 @@ def from_args(args: argparse.Namespace) -> Settings:
         max_clock_skew_ms=number("max_clock_skew_ms", "ENFORCER_MAX_CLOCK_SKEW_MS"),
         accept_data_loss=accept,
         fencing=fencing,
+        standby_replicas=number("standby_replicas", "ENFORCER_STANDBY_REPLICAS"),
         tombstone_retention_ms=number("tombstone_retention_ms", "ENFORCER_TOMBSTONE_RETENTION_MS"),
         dlq_retention_ms=number("dlq_retention_ms", "ENFORCER_DLQ_RETENTION_MS"),
         audit_retention_ms=number("audit_retention_ms", "ENFORCER_AUDIT_RETENTION_MS"),
@@ -354,6 +367,8 @@ def validate(s: Settings) -> None:
         raise SettingsError(
             f"--max-clock-skew-ms must be between 0 and a year, got {s.max_clock_skew_ms}"
         )
+    if not 0 <= s.standby_replicas <= 3:
+        raise SettingsError(f"--standby-replicas must be between 0 and 3, got {s.standby_replicas}")
     if s.tombstone_retention_ms < 0:
         raise SettingsError("--tombstone-retention-ms must not be negative")
     if s.audit_retention_ms < -1 or 0 <= s.audit_retention_ms < 3_600_000:

@@ -8,7 +8,7 @@ PEER_STAMP := $(PEER_VENV)/.installed
 KAFKA := deploy/kafka/local-kafka
 PYTEST_ARGS ?=
 
-.PHONY: demo test unit bench chaos lint setup broker-jars clean
+.PHONY: demo test unit bench chaos failover lint setup broker-jars clean
 
 ## make demo: set up, start a local broker, the topics, a worker and synthetic traffic
 demo: setup
@@ -26,6 +26,12 @@ unit: setup
 bench: setup $(PEER_STAMP)
 	$(VENV)/bin/pip install -q -e ".[bench]"
 	$(PY) -m bench.run --peer-python $(PEER_VENV)/bin/python $(BENCH_ARGS)
+
+## make failover: seconds from SIGKILL of one of two workers (1,000,000 users' consent and
+## 1,000,000 live posts) until its partitions decide posts on the other, without and with a
+## standby replica (about 25 minutes); bench/results/failover-<timestamp>.json
+failover: setup
+	$(PY) -m bench.failover $(FAILOVER_ARGS)
 
 ## make chaos: 3 workers on a 3-node cluster under faults (about 12 minutes), results in
 ## tests/chaos/results/<timestamp>.json; CHAOS_ARGS="--schedule short --duration 90" etc.

@@ -392,7 +392,13 @@ def latency_run(
     try:
         wait_ready(port, proc)
         consumer = Consumer(
-            {"bootstrap.servers": bootstrap, "group.id": f"{prefix}-reader", "fetch.wait.max.ms": 5}
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"{prefix}-reader",
+                "fetch.wait.max.ms": 5,
+                # a decision counts once a downstream reader can see it (transactions)
+                "isolation.level": "read_committed",
+            }
         )
         # assigned, not subscribed: a group join would make the first seconds of records
         # wait for the reader, and count that wait as the enforcer's latency

@@ -274,6 +274,8 @@ def raw_table(app: faust.App, settings: Settings, name: str, help_text: str) -> 
 
 
 COMMIT_INTERVAL = 1.0  # seconds between the gate's offset commits
+# with fencing, outputs are visible to read_committed readers only once committed
+TXN_COMMIT_INTERVAL = float(os.environ.get("ENFORCER_TXN_COMMIT_INTERVAL", "1.0"))
 PURGE_INTERVAL = 30.0  # seconds between deletions of processed internal records
 
 
@@ -393,7 +395,7 @@ def wire_offsets(
             processor.offsets.committed_ok(due)
             committed.update(due)
 
-    @app.timer(COMMIT_INTERVAL)
+    @app.timer(TXN_COMMIT_INTERVAL if fencing else COMMIT_INTERVAL)
     async def commit_gate_offsets() -> None:
         processor.retry_repositioning()
         await commit_now()

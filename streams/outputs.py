@@ -56,6 +56,7 @@ def producer_config(settings: Settings) -> dict[str, Any]:
 
 
 TXN_TIMEOUT = 30.0  # seconds a transactional call may take before the worker stops
+TXN_LINGER_MS = 50  # linger.ms of the transactional producers (at least)
 
 
 def transactional_id(settings: Settings, partition: int) -> str:
@@ -260,6 +261,10 @@ class OutputProducer:
         in ``self.partitions`` (``add``) on the event loop's thread."""
         config = {**producer_config(self.settings), "on_delivery": self._delivered}
         config["transaction.timeout.ms"] = 60000
+        # its records are visible only once committed (each second): batching longer
+        # adds no latency a read_committed reader sees, and saves the broker requests
+        # (8 producers at 5 ms: 30-38% fewer posts/s than without fencing; at 50 ms: 0-7%)
+        config["linger.ms"] = max(config["linger.ms"], TXN_LINGER_MS)
 
         def start(partition: int) -> str | Partition:
             producer = Producer(

@@ -18,8 +18,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.support import KafkaCluster, Names, free_port
+
+# Property tests check behaviour, not speed: no per-example deadline (on a loaded
+# 2-core machine a 200 ms deadline failed examples that take 8 ms when idle).
+settings.register_profile("enforcer", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("enforcer")
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL_KAFKA = ROOT / "deploy" / "kafka" / "local-kafka"

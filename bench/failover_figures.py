@@ -31,7 +31,7 @@ def table(result: dict) -> str:
         f"`{Path(result['file']).name}`: {cfg['users']:,} users' consent state and "
         f"{cfg['live_posts']:,} live posts, {cfg['partitions']} partitions, "
         f"{cfg['workers']} workers, {cfg['rate_posts_per_s']} posts/s, "
-        f"{result['machine']['cores']} cores, Kafka {result['versions']['kafka']} "
+        f"{result['machine']['cores']} cores, {result['versions']['kafka']} "
         f"({cfg['broker']}); median (min-max) of "
         f"{sum(1 for r in runs if r['mode'] == 'cold')} cold and "
         f"{sum(1 for r in runs if r['mode'] == 'warm')} warm runs, seconds after the kill:",

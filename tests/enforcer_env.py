@@ -74,9 +74,14 @@ class Deployment:
 
 
 def run_enforcer(
-    env: Deployment, command: str, *args: str, timeout: float = 300
+    env: Deployment,
+    command: str,
+    *args: str,
+    timeout: float = 300,
+    partitions: int | None = None,
 ) -> subprocess.CompletedProcess:
-    """``enforcer COMMAND`` with the deployment's broker, topics and partitions."""
+    """``enforcer COMMAND`` with the deployment's broker, topics and partitions (or
+    another ``partitions``)."""
     return subprocess.run(
         [
             sys.executable,
@@ -87,7 +92,7 @@ def run_enforcer(
             env.kafka,
             *env.names.flags(),
             "--partitions",
-            str(env.partitions),
+            str(env.partitions if partitions is None else partitions),
             *args,
         ],
         capture_output=True,

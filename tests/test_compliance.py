@@ -7,38 +7,19 @@ when an input offset has no record."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from streams.enforcement import training_record
 from streams.policy import load_policy
-from tests.enforcer_env import Deployment
-from tests.support import CODEC, ROOT, objection, post
+from tests.enforcer_env import Deployment, run_enforcer
+from tests.support import CODEC, objection, post
 
 YEAR_3000 = 32_503_680_000_000
 
 
 def enforcer(env: Deployment, command: str, *args: str, timeout: float = 120):
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "streams",
-            command,
-            "--bootstrap-servers",
-            env.kafka,
-            *env.names.flags(),
-            "--partitions",
-            str(env.partitions),
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-    )
+    return run_enforcer(env, command, *args, timeout=timeout)
 
 
 def test_receipts_audit_and_verify(kafka: str, names, tmp_path: Path) -> None:

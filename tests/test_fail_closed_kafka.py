@@ -6,8 +6,6 @@ under rebalances while traffic flows."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,8 +24,8 @@ from streams.records import (
     SRC_TOPIC,
     partition_for_user,
 )
-from tests.enforcer_env import Deployment, metric, wait_metric, wait_objections
-from tests.support import CODEC, ROOT, Record, decisions_by_post, live_view, objection, post
+from tests.enforcer_env import Deployment, metric, run_enforcer, wait_metric, wait_objections
+from tests.support import CODEC, Record, decisions_by_post, live_view, objection, post
 
 
 @pytest.fixture
@@ -245,23 +243,7 @@ def test_replay_routes_by_the_internal_topics_partition_count(
         wait_objections(worker, len(users))
         env.sender().posts(n.posts, [post(f"p-{u}", u) for u in users]).flush()
         env.reader(n.decisions).wait_count(len(users))
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "streams",
-                "replay",
-                "--bootstrap-servers",
-                env.kafka,
-                *n.flags(),
-                "--partitions",
-                "8",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=ROOT,
-        )
+        result = run_enforcer(env, "replay", partitions=8, timeout=120)
         assert result.returncode == 0, result.stderr
         assert re.search(rf"^UNCHANGED\s+OBJECTED\s+{len(users)}$", result.stdout, re.M), (
             result.stdout

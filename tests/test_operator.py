@@ -14,7 +14,7 @@ import pytest
 
 from streams.consent import EMPTY, apply
 from streams.generator import TrafficGenerator
-from tests.enforcer_env import Deployment, wait_objections
+from tests.enforcer_env import Deployment, run_enforcer, wait_objections
 from tests.support import ROOT, decisions_by_post, live_view, objection, post
 
 POLICY = (
@@ -48,24 +48,7 @@ def policy_file(
 
 
 def replay(env: Deployment, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "streams",
-            "replay",
-            "--bootstrap-servers",
-            env.kafka,
-            *env.names.flags(),
-            "--partitions",
-            str(env.partitions),
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-    )
+    return run_enforcer(env, "replay", *args, timeout=timeout)
 
 
 def changes(output: str) -> dict[tuple[str, str], int]:

@@ -423,7 +423,15 @@ class Rekeyer:
 
     def _objections_behind(self, consumer: Consumer) -> list[int]:
         """The objections partitions whose acknowledged records are not yet all
-        forwarded (as of now)."""
+        forwarded (as of now); all of them while the broker cannot say (a leader
+        moving, a timeout): the posts wait and it is asked again."""
+        try:
+            return self._objections_behind_now(consumer)
+        except (KafkaException, TimeoutError) as exc:
+            log.warning("cannot tell how far objections are forwarded (%s); asking again", exc)
+            return self._objection_partitions or [-1]
+
+    def _objections_behind_now(self, consumer: Consumer) -> list[int]:
         topic = self.settings.objections_topic
         if self._objection_partitions is None or time.monotonic() > self._partitions_expire:
             md = consumer.list_topics(topic, timeout=30).topics[topic]

@@ -8,6 +8,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -24,6 +25,7 @@ from streams.ledger import StateNotReady
 from streams.metrics import Metrics, label
 from streams.policy import load_policy
 from streams.records import DLQ_REFERENCE, KIND_OBJECTION, KIND_POST, partition_for_user
+from streams.rekey import Rekeyer
 from streams.settings import Settings, SettingsError, validate
 from tests.unit.test_splice import CODEC, POST_RECORD, _gate, _message
 
@@ -255,3 +257,22 @@ def _event(event_id: str, user: str, action: str = "OBJECT", occurred_at: int = 
         "occurred_at": occurred_at,
         "channel": "IN_APP",
     }
+
+
+@pytest.mark.parametrize(
+    "error",
+    [TimeoutError(), KafkaException(KafkaError(KafkaError.FENCED_LEADER_EPOCH))],
+)
+def test_posts_wait_when_the_broker_cannot_say_how_far_objections_are_forwarded(error):
+    """A leader moving or a timeout while the re-keying stage asks: every objections
+    partition counts as behind (the posts wait, and it asks again), never a crash."""
+    stage = Rekeyer.__new__(Rekeyer)
+    stage._objection_partitions = [0, 1, 2]
+
+    def failing(consumer):
+        raise error
+
+    stage._objections_behind_now = failing
+    assert stage._objections_behind(None) == [0, 1, 2]
+    stage._objection_partitions = None
+    assert stage._objections_behind(None)

@@ -85,7 +85,7 @@ class Settings:
     # one transactional producer per gate partition, so that a worker that no longer
     # owns a partition cannot write its outputs or table changes (docs/operations.md,
     # "Fencing"); off: one idempotent producer for everything
-    fencing: bool = False
+    fencing: bool = True
     # standby replicas of each table partition, kept warm from the changelog by other
     # workers of the app, so that a failed worker's partitions move to a worker that
     # holds their state already (docs/operations.md, "Standby replicas and failover");
@@ -228,7 +228,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         "--fencing",
         choices=("on", "off"),
         help="transactional outputs that a partition's new owner fences "
-        "[ENFORCER_FENCING, default off]",
+        "[ENFORCER_FENCING, default on]",
     )
     g.add_argument(
         "--standby-replicas",

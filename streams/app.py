@@ -439,7 +439,12 @@ def wire_offsets(
         # Faust seeks these partitions to the committed offsets; know them too, so that
         # the first records need no lookup (a record before this is done is re-read)
         for partition in mine:
-            start = await lookup_start(partition)
+            try:
+                start = await lookup_start(partition)
+            except Exception as exc:  # a timeout, a leader moving: looked up again later
+                # (the partition's first record is UNKNOWN and repositions it)
+                log.warning("partition %d: start offset not known yet: %s", partition, exc)
+                continue
             if partition not in processor.offsets.expected:
                 processor.offsets.start(partition, start)
 

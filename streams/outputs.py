@@ -55,7 +55,7 @@ def producer_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-TXN_TIMEOUT = 30.0  # seconds a transactional call may take before the worker stops
+TXN_TIMEOUT = 60.0  # seconds a transactional call may take before the worker stops (as flush)
 TXN_LINGER_MS = 50  # linger.ms of the transactional producers (at least)
 
 

@@ -8,6 +8,7 @@ count, or table reads would silently miss: a mismatch stops the worker at start.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
@@ -169,9 +170,18 @@ def ensure_topics(settings: Settings, *, create_inputs: bool) -> list[str]:
             err = exc.args[0]
             if err.name() != "TOPIC_ALREADY_EXISTS":
                 raise SettingsError(f"cannot create topic {name}: {err.str()}") from None
-    # a concurrent creator may have used another partition count
-    check_partitions(describe(admin, settings), settings)
-    return created
+    # a concurrent creator may have used another partition count; and the topics are
+    # usable (in the metadata every client gets) before this returns
+    deadline = time.monotonic() + 30.0
+    while True:
+        existing = describe(admin, settings)
+        check_partitions(existing, settings)
+        missing = [name for name in created if name not in existing]
+        if not missing:
+            return created
+        if time.monotonic() > deadline:
+            raise SettingsError(f"created topics are not in the metadata after 30 s: {missing}")
+        time.sleep(0.2)
 
 
 def keep_internal_records(admin: AdminClient, topic: str) -> None:

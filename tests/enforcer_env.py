@@ -26,20 +26,7 @@ class Deployment:
         self.data_dir = tmp_path / "state"
 
     def settings(self) -> Settings:
-        n = self.names
-        return Settings(
-            bootstrap_servers=self.kafka,
-            app_id=n.app_id,
-            partitions=self.partitions,
-            posts_topic=n.posts,
-            objections_topic=n.objections,
-            training_topic=n.training,
-            retractions_topic=n.retractions,
-            decisions_topic=n.decisions,
-            dlq_topic=n.dlq,
-            receipts_topic=n.receipts,
-            data_dir=self.data_dir,
-        )
+        return self.names.settings(self.kafka, self.partitions, self.data_dir)
 
     def create_topics(self) -> Deployment:
         ensure_topics(self.settings(), create_inputs=True)

@@ -21,6 +21,7 @@ from confluent_kafka import Consumer, Producer, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.codec import Codec
+from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 CODEC = Codec()
@@ -58,6 +59,22 @@ class Names:
         if item in topics:
             return f"{self.prefix}-{topics[item]}"
         raise AttributeError(item)
+
+    def settings(self, bootstrap: str, partitions: int, data_dir: Path) -> Settings:
+        """Settings of a worker of this test's app and topics."""
+        return Settings(
+            bootstrap_servers=bootstrap,
+            app_id=self.app_id,
+            partitions=partitions,
+            posts_topic=self.posts,
+            objections_topic=self.objections,
+            training_topic=self.training,
+            retractions_topic=self.retractions,
+            decisions_topic=self.decisions,
+            dlq_topic=self.dlq,
+            receipts_topic=self.receipts,
+            data_dir=data_dir,
+        )
 
     def flags(self) -> list[str]:
         return [

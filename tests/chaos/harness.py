@@ -38,7 +38,6 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from streams.settings import Settings
 from streams.topics import ensure_topics
 from tests.support import CODEC, KafkaCluster, Names, Worker
 
@@ -703,22 +702,6 @@ def independent_check(bootstrap: str, names: Names) -> dict:
     return {"verify_exit": done.returncode, "verify_output": done.stdout[-6000:]}
 
 
-def settings_for(bootstrap: str, names: Names, partitions: int, data_dir: Path) -> Settings:
-    return Settings(
-        bootstrap_servers=bootstrap,
-        app_id=names.app_id,
-        partitions=partitions,
-        posts_topic=names.posts,
-        objections_topic=names.objections,
-        training_topic=names.training,
-        retractions_topic=names.retractions,
-        decisions_topic=names.decisions,
-        dlq_topic=names.dlq,
-        receipts_topic=names.receipts,
-        data_dir=data_dir,
-    )
-
-
 def wait_all_decided(bootstrap: str, names: Names, timeout: float) -> None:
     """Until every decodable post has a decision (or the timeout)."""
     deadline = time.monotonic() + timeout
@@ -755,7 +738,7 @@ def run(
     then every worker running again until every post is decided, then the oracle."""
     names = Names(prefix or f"chaos-{seed}-{os.getpid()}-{int(time.time())}")
     work.mkdir(parents=True, exist_ok=True)
-    ensure_topics(settings_for(bootstrap, names, partitions, work), create_inputs=True)
+    ensure_topics(names.settings(bootstrap, partitions, work), create_inputs=True)
     fleet = Fleet(bootstrap, names, work, partitions)
     traffic = Traffic(bootstrap, names, rate=rate, users=users, seed=seed)
     ctx = Context(fleet, traffic, cluster, names)

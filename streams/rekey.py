@@ -429,6 +429,11 @@ class Rekeyer:
             return self._objections_behind_now(consumer)
         except (KafkaException, TimeoutError) as exc:
             log.warning("cannot tell how far objections are forwarded (%s); asking again", exc)
+            if _stale_leader_epoch(exc):
+                # librdkafka's admin ListOffsets retries with the leader epoch it cached
+                # before a leader moved, and gets FENCED_LEADER_EPOCH forever
+                # (confluentinc/librdkafka#4620): a new client starts from fresh metadata
+                self._admin = admin_client(self.settings)
             return self._objection_partitions or [-1]
 
     def _objections_behind_now(self, consumer: Consumer) -> list[int]:
@@ -644,3 +649,10 @@ class Rekeyer:
                 return
             except BufferError:
                 producer.poll(0.05)
+
+
+def _stale_leader_epoch(exc: BaseException) -> bool:
+    """Whether a Kafka error says the client's cached leader epoch is out of date."""
+    error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+    code = error.code() if isinstance(error, KafkaError) else None
+    return code in (KafkaError.FENCED_LEADER_EPOCH, KafkaError.UNKNOWN_LEADER_EPOCH)

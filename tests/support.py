@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicCollection, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.codec import Codec
@@ -459,8 +459,6 @@ class KafkaCluster:
         self.bootstrap = bootstrap
         self.nodes = nodes
         self.started = started  # what start said on stderr
-        # a frozen node answers nothing: drop a request to it after 5 s (60 s by default)
-        self.admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 5000})
 
     @classmethod
     def start(cls, directory: Path, nodes: int = 3) -> KafkaCluster:
@@ -522,16 +520,34 @@ class KafkaCluster:
             elif state in ("T", "t"):
                 self.thaw(node)
 
+    def answering(self) -> str:
+        """The bootstrap addresses of the nodes that run and are not frozen (all if none)."""
+        addresses = self.bootstrap.split(",")
+        live = [
+            address
+            for node, address in enumerate(addresses, 1)
+            if (pid := self.pid(node)) is not None
+            and process_state(pid) not in (None, "T", "t", "Z", "X")
+        ]
+        return ",".join(live or addresses)
+
     def partition(self, topic: str, partition: int = 0) -> Any:
-        """The partition's ``TopicPartitionInfo`` (leader, replicas, isr) as a broker sees it."""
-        futures = self.admin.describe_topics(TopicCollection([topic]), request_timeout=10)
-        description = futures[topic].result()
-        return next(p for p in description.partitions if p.id == partition)
+        """The partition's metadata (``leader``, ``replicas``, ``isrs``) as a running node sees it.
+
+        A new client each time, bootstrapped from the nodes that answer: a long-lived
+        client keeps sending to a frozen node (and, for admin requests, keeps a frozen
+        node as its controller) until its requests time out one by one.
+        """
+        admin = AdminClient({"bootstrap.servers": self.answering(), "socket.timeout.ms": 5000})
+        found = admin.list_topics(topic, timeout=10).topics[topic]
+        if found.error is not None:
+            raise KafkaException(found.error)
+        return found.partitions[partition]
 
     def leader_of(self, topic: str, partition: int = 0) -> int | None:
         """The node id of the partition's leader, None while it has none."""
         leader = self.partition(topic, partition).leader
-        return None if leader is None or leader.id < 0 else leader.id
+        return None if leader < 0 else leader
 
     def isr_of(self, topic: str, partition: int = 0) -> list[int]:
-        return sorted(node.id for node in self.partition(topic, partition).isr)
+        return sorted(self.partition(topic, partition).isrs)

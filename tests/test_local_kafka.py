@@ -277,7 +277,7 @@ def test_a_frozen_leader_is_replaced_and_rejoins_once_thawed(
         # fenced once its heartbeats stop (broker.session.timeout.ms): a new leader takes over
         producer.send(topic, "frozen", 100)
         new_leader = eventually(
-            lambda: cluster.leader_of(topic), lambda n: n not in (None, leader), 30, "a new leader"
+            lambda: cluster.leader_of(topic), lambda n: n not in (None, leader), 60, "a new leader"
         )
         assert new_leader in NODES
         assert process_state(pid) == "T"  # still frozen all along

@@ -263,10 +263,12 @@ def _event(event_id: str, user: str, action: str = "OBJECT", occurred_at: int = 
     "error",
     [TimeoutError(), KafkaException(KafkaError(KafkaError.FENCED_LEADER_EPOCH))],
 )
-def test_posts_wait_when_the_broker_cannot_say_how_far_objections_are_forwarded(error):
+def test_posts_wait_when_the_broker_cannot_say_how_far_objections_are_forwarded(error, monkeypatch):
     """A leader moving or a timeout while the re-keying stage asks: every objections
     partition counts as behind (the posts wait, and it asks again), never a crash."""
+    monkeypatch.setattr("streams.rekey.admin_client", lambda settings: object())
     stage = Rekeyer.__new__(Rekeyer)
+    stage.settings = Settings()
     stage._objection_partitions = [0, 1, 2]
 
     def failing(consumer):
@@ -276,3 +278,30 @@ def test_posts_wait_when_the_broker_cannot_say_how_far_objections_are_forwarded(
     assert stage._objections_behind(None) == [0, 1, 2]
     stage._objection_partitions = None
     assert stage._objections_behind(None)
+
+
+@pytest.mark.parametrize(
+    ("code", "renewed"),
+    [
+        (KafkaError.FENCED_LEADER_EPOCH, True),
+        (KafkaError.UNKNOWN_LEADER_EPOCH, True),
+        (KafkaError._TIMED_OUT, False),
+    ],
+)
+def test_a_stale_leader_epoch_renews_the_admin_client(code, renewed, monkeypatch):
+    """librdkafka's admin ListOffsets keeps a leader epoch cached from before a leader
+    moved and is answered FENCED_LEADER_EPOCH forever (the short chaos run's posts
+    waited for 4 minutes after a broker restart): the stage asks with a new client."""
+    made = []
+    monkeypatch.setattr("streams.rekey.admin_client", lambda settings: made.append(1) or made)
+    stage = Rekeyer.__new__(Rekeyer)
+    stage.settings = Settings()
+    stage._objection_partitions = [0]
+    stage._admin = old = object()
+
+    def failing(consumer):
+        raise KafkaException(KafkaError(code))
+
+    stage._objections_behind_now = failing
+    assert stage._objections_behind(None) == [0]
+    assert (stage._admin is not old) is renewed

@@ -27,6 +27,7 @@ from mode.services import WaitResults
 from .agents import Processor
 from .codec import Codec
 from .ledger import ForeignChangelogWrite, TableState, without_wal
+from .lookup import install_consent_lookup
 from .metrics import Metrics, gate_lags
 from .outputs import OutputProducer
 from .policy import Policy
@@ -569,4 +570,5 @@ def build(
         text = metrics.render(worker_ready(), lags)
         return web.text(text, content_type="text/plain; version=0.0.4")
 
+    install_consent_lookup(app, settings, processor)  # GET /consent/{user_id}, if configured
     return Enforcer(app, processor, metrics)

@@ -22,11 +22,14 @@ SEEN_LIMIT = 64  # event ids remembered per user for de-duplication
 
 @dataclass(frozen=True, order=True)
 class Mark:
-    """The winning event for one slot; ordered by precedence."""
+    """The winning event for one slot; ordered by precedence. ``applied_at`` (when the
+    gate applied it, epoch ms; None in state written before it was kept) is neither
+    precedence nor identity: re-applying an event after a crash changes no decision."""
 
     occurred_at: int
     objected: bool
     event_id: str
+    applied_at: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -36,15 +39,19 @@ class ConsentState:
     marks: Mapping[str, Mark] = field(default_factory=dict)
     seen: tuple[str, ...] = ()
 
-    def objected(self, platform: str) -> bool:
-        """True when the user objects to training on ``platform``."""
+    def deciding_slot(self, platform: str) -> str | None:
+        """The slot whose mark decides ``platform``: its own (``platform``) when that is
+        greater than the every-platform mark, else ``ALL``; None when neither exists."""
         own = self.marks.get(platform)
         every = self.marks.get(ALL)
         if own is None:
-            return every is not None and every.objected
-        if every is None or own > every:
-            return own.objected
-        return every.objected
+            return None if every is None else ALL
+        return platform if every is None or own > every else ALL
+
+    def objected(self, platform: str) -> bool:
+        """True when the user objects to training on ``platform``."""
+        slot = self.deciding_slot(platform)
+        return slot is not None and self.marks[slot].objected
 
     def objected_platforms(self, platforms: Iterable[str]) -> frozenset[str]:
         """The subset of ``platforms`` the user objects on."""
@@ -54,14 +61,17 @@ class ConsentState:
 EMPTY = ConsentState()
 
 
-def apply(state: ConsentState | None, event: Mapping[str, Any]) -> ConsentState:
-    """The state after an ``ObjectionEvent`` (a decoded record); pure."""
+def apply(
+    state: ConsentState | None, event: Mapping[str, Any], applied_at: int | None = None
+) -> ConsentState:
+    """The state after an ``ObjectionEvent`` (a decoded record), applied at
+    ``applied_at`` (epoch ms, kept with the mark it sets); pure."""
     state = state or EMPTY
     event_id = event["event_id"]
     if event_id in state.seen:
         return state
     slot = event.get("platform") or ALL
-    mark = Mark(int(event["occurred_at"]), event["action"] == "OBJECT", event_id)
+    mark = Mark(int(event["occurred_at"]), event["action"] == "OBJECT", event_id, applied_at)
     marks = dict(state.marks)
     current = marks.get(slot)
     if current is None or mark > current:
@@ -81,13 +91,15 @@ IGNORED_REPEATED_EVENT_ID = "IGNORED_REPEATED_EVENT_ID"
 IGNORED_OLDER = "IGNORED_OLDER"
 
 
-def receive(state: ConsentState | None, event: Mapping[str, Any]) -> tuple[ConsentState, str]:
+def receive(
+    state: ConsentState | None, event: Mapping[str, Any], applied_at: int | None = None
+) -> tuple[ConsentState, str]:
     """``apply``, and what the event did: ``IGNORED_REPEATED_EVENT_ID`` when its id was
     seen before (or is the id of a mark in force, seen longer ago than ``SEEN_LIMIT``
     events), ``APPLIED`` when it changed a winning mark, ``IGNORED_OLDER`` otherwise
     (older than the state in force on its slot, or than the every-platform mark)."""
     state = state or EMPTY
-    new = apply(state, event)
+    new = apply(state, event, applied_at)
     event_id = event["event_id"]
     if event_id in state.seen or any(m.event_id == event_id for m in state.marks.values()):
         return new, IGNORED_REPEATED_EVENT_ID
@@ -103,14 +115,18 @@ def stored_objects(stored: bytes | None, platform: str) -> bool:
 
 
 def encode_state(state: ConsentState) -> bytes:
-    """Compact bytes for the consent table."""
+    """Compact bytes for the consent table: per slot ``[occurred_at, objected,
+    event_id]``, then ``applied_at`` when known (a reader of the three-element form,
+    an earlier version, ignores it)."""
     return json.dumps(
-        {
-            "m": {k: [m.occurred_at, int(m.objected), m.event_id] for k, m in state.marks.items()},
-            "s": list(state.seen),
-        },
+        {"m": {k: _mark_fields(m) for k, m in state.marks.items()}, "s": list(state.seen)},
         separators=(",", ":"),
     ).encode()
+
+
+def _mark_fields(mark: Mark) -> list:
+    fields = [mark.occurred_at, int(mark.objected), mark.event_id]
+    return fields if mark.applied_at is None else [*fields, mark.applied_at]
 
 
 def decode_state(data: bytes | None) -> ConsentState:
@@ -118,5 +134,8 @@ def decode_state(data: bytes | None) -> ConsentState:
     if not data:
         return EMPTY
     raw = json.loads(data)
-    marks = {k: Mark(int(v[0]), bool(v[1]), str(v[2])) for k, v in raw["m"].items()}
+    marks = {
+        k: Mark(int(v[0]), bool(v[1]), str(v[2]), int(v[3]) if len(v) > 3 else None)
+        for k, v in raw["m"].items()
+    }
     return ConsentState(marks, tuple(raw["s"]))

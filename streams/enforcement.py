@@ -275,7 +275,7 @@ def on_objection(
         if applied is not event:
             fx.clamped_from = int(event["occurred_at"])
             event = applied
-    new_state, outcome = receive(state, event)
+    new_state, outcome = receive(state, event, now)
     if outcome == APPLIED and fx.clamped_from is not None:
         outcome = CLAMPED_FROM_FUTURE
     retract = sorted(pid for pid, plat in live_posts.items() if new_state.objected(plat))

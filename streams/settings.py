@@ -38,6 +38,11 @@ TOPIC_FLAGS = {
 }
 
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
+# scheme, a host name, IPv4 or [IPv6] address, an optional port; nothing after it
+ADVERTISED_URL = re.compile(
+    r"https?://([A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\])"
+    r"(:[0-9]{1,5})?/?"
+)
 
 
 class SettingsError(ValueError):
@@ -98,6 +103,11 @@ class Settings:
     dlq_retention_ms: int = 7 * 86_400_000
     # retention.ms of created audit topics (decisions, retractions, receipts): forever
     audit_retention_ms: int = -1
+    # -- the consent lookup (GET /consent/{user_id}, streams/lookup.py) --
+    # off unless a file holds the bearer token (never the token itself on a flag);
+    # advertised_url: where the other workers reach this one's HTTP port
+    consent_lookup_token_file: Path | None = None
+    advertised_url: str | None = None
 
     # -- internal topics, named after the application id like Kafka Streams does --
     @property
@@ -124,6 +134,23 @@ class Settings:
 
         where = f"{socket.gethostname()}:{self.data_dir.resolve()}"
         return f"{self.app_id}-{hashlib.sha1(where.encode()).hexdigest()[:12]}"
+
+    @property
+    def endpoints_topic(self) -> str:
+        """Each worker's advertised HTTP address, for consent lookups (compacted)."""
+        return f"{self.app_id}-worker-endpoints"
+
+    @property
+    def lookup_url(self) -> str:
+        """The advertised URL, or this worker's host and web port (its host name when it
+        listens on every address)."""
+        if self.advertised_url:
+            return self.advertised_url.rstrip("/")
+        import socket
+
+        host = self.web_host
+        host = socket.gethostname() if host in ("", "0.0.0.0", "::") else host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.web_port}"
 
     @property
     def output_topics(self) -> list[str]:
@@ -254,6 +281,16 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         help="retention.ms of created audit topics (decisions, retractions, receipts) "
         "[ENFORCER_AUDIT_RETENTION_MS, default -1: forever]",
     )
+    g.add_argument(
+        "--consent-lookup-token-file",
+        help="file with the bearer token of GET /consent/{user_id}; the lookup is off "
+        "without it [ENFORCER_CONSENT_LOOKUP_TOKEN_FILE]",
+    )
+    g.add_argument(
+        "--advertised-url",
+        help="http(s)://host:port where the other workers reach this one's HTTP port, for "
+        "consent lookups [ENFORCER_ADVERTISED_URL, default http://<web host>:<web port>]",
+    )
     for attr, (flag, env, default) in TOPIC_FLAGS.items():
         g.add_argument(flag, dest=attr, help=f"[{env}, default {default}]")
 
@@ -307,6 +344,10 @@ def from_args(args: argparse.Namespace) -> Settings:
     app_id = str(pick(args.app_id, "ENFORCER_APP_ID", DEFAULT_APP_ID))
     data_dir = pick(args.data_dir, "ENFORCER_DATA_DIR", None)
     policy = pick(args.policy, "ENFORCER_POLICY", None)
+    lookup_token = pick(
+        getattr(args, "consent_lookup_token_file", None), "ENFORCER_CONSENT_LOOKUP_TOKEN_FILE", None
+    )
+    advertised = pick(getattr(args, "advertised_url", None), "ENFORCER_ADVERTISED_URL", None)
     topics = {
         attr: str(pick(getattr(args, attr), env_name, default))
         for attr, (_, env_name, default) in TOPIC_FLAGS.items()
@@ -335,6 +376,8 @@ def from_args(args: argparse.Namespace) -> Settings:
         tombstone_retention_ms=number("tombstone_retention_ms", "ENFORCER_TOMBSTONE_RETENTION_MS"),
         dlq_retention_ms=number("dlq_retention_ms", "ENFORCER_DLQ_RETENTION_MS"),
         audit_retention_ms=number("audit_retention_ms", "ENFORCER_AUDIT_RETENTION_MS"),
+        consent_lookup_token_file=Path(str(lookup_token)) if lookup_token else None,
+        advertised_url=str(advertised) if advertised else None,
         **topics,
     )
     validate(settings)
@@ -385,5 +428,9 @@ def validate(s: Settings) -> None:
             raise SettingsError(f"{TOPIC_FLAGS[attr][0]} is not a valid topic name: {name!r}")
     if len(set(names)) != len(names):
         raise SettingsError("every topic flag must name a different topic")
+    if s.advertised_url is not None and not ADVERTISED_URL.fullmatch(s.advertised_url):
+        raise SettingsError(
+            f"--advertised-url must be http(s)://host:port, got {s.advertised_url[:200]!r}"
+        )
     if s.log_level not in ("debug", "info", "warn", "error"):
         raise SettingsError(f"ENFORCER_LOG_LEVEL must be debug, info, warn or error: {s.log_level}")

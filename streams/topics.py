@@ -71,6 +71,8 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.replay_results_topic, "output", {"retention.ms": str(7 * 86400000)}),
     ]
     specs += [TopicSpec(settings.changelog_topic(t), "internal", compact) for t in TABLES]
+    # each worker's HTTP address by group member, for consent lookups (streams/lookup.py)
+    specs.append(TopicSpec(settings.endpoints_topic, "internal", compact))
     return specs
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 from typing import Any
 
@@ -22,6 +23,9 @@ class EnforcerWorker(faust.Worker):
 
     def __init__(self, app: faust.App, loglevel: str, **kwargs: Any) -> None:
         self._enforcer_level = loglevel
+        # a crash in native code (the fast path, RocksDB, librdkafka) leaves the Python
+        # stack of every thread on stderr: code locations only, never record content
+        faulthandler.enable(all_threads=True)
         base = "info" if loglevel == "debug" else loglevel
         super().__init__(app, loglevel=base, quiet=True, redirect_stdouts=False, **kwargs)
         self.spinner = None

@@ -24,7 +24,7 @@ unit: setup
 
 ## make bench: the benchmark (throughput, latency, memory), results in bench/results/
 bench: setup $(PEER_STAMP)
-	$(VENV)/bin/pip install -q -e ".[bench]"
+	$(VENV)/bin/pip install -q -c constraints.txt -e ".[bench]"
 	$(PY) -m bench.run --peer-python $(PEER_VENV)/bin/python $(BENCH_ARGS)
 
 ## make failover: seconds from SIGKILL of one of two workers (1,000,000 users' consent and
@@ -53,7 +53,7 @@ lint: setup
 setup: $(STAMP) broker-jars
 
 # deploy/build.sh: the same install steps as the container image's (deploy/docker/Dockerfile)
-$(STAMP): pyproject.toml setup.py streams/_native.c deploy/build.sh
+$(STAMP): pyproject.toml constraints.txt setup.py streams/_native.c deploy/build.sh
 	sh deploy/build.sh $(PYTHON) $(VENV) -e ".[dev]"
 	touch $(STAMP)
 

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from operator import itemgetter
 from typing import Any
 
-from . import native
+from . import faust_compat, native
 from .codec import (
     CONSENT_RECEIPT,
     DECISION,
@@ -128,24 +128,15 @@ class Processor:
     def ready(self) -> bool:
         """True once partitions are assigned, recovered and being consumed, and no
         record waits for the schema registry (here or in the re-keying stage)."""
-        app = self.app
         try:
-            recovery = app.tables.recovery
             rekeying = self.rekeyer is None or (
                 self.rekeyer.is_alive()
                 and self.rekeyer.assigned.is_set()
                 and not self.rekeyer.blocked.is_set()
             )
-            return bool(
-                rekeying
-                and not self._blocked
-                and app.started
-                and not app.rebalancing
-                and not recovery.in_recovery
-                and recovery.completed.is_set()
-            )
         except AttributeError:
             return False
+        return bool(rekeying and not self._blocked and faust_compat.recovered(self.app))
 
     # -- the batch -----------------------------------------------------------------
     def process(

@@ -14,16 +14,13 @@ import asyncio
 import gc
 import logging
 import os
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import faust
-from faust.transport import consumer as faust_consumer
-from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
-from mode.services import WaitResults
 
+from . import faust_compat
 from .agents import Processor
 from .codec import Codec
 from .ledger import ForeignChangelogWrite, TableState, without_wal
@@ -63,74 +60,16 @@ class Enforcer:
     metrics: Metrics
 
 
-FETCH_MAX_WAIT_MS = 10
 GATE_BATCH = 2000
 GATE_WITHIN = 0.005  # seconds a partial batch waits for more records
 
 
-def _install_fetch_wait(fetch_min_bytes: int, read_committed: bool = False) -> None:
-    """Faust hard-codes ``fetch_max_wait_ms=1500`` for its worker consumer. Its fetch
-    requests also name the (idle) changelog partitions, and the broker held them for
-    the full wait even while the internal topic had data: decisions came 0.3-1.5 s
-    late at 1,000 posts/s. A short wait keeps decision latency in milliseconds; a fetch
-    returns early once ``fetch_min_bytes`` are there (fewer requests for the broker).
-
-    With fencing the consumer also reads ``read_committed`` (Faust does so only with its
-    own ``exactly_once``): table recovery then never restores an aborted write of a
-    fenced worker, and the end offsets recovery reads to are the last stable ones."""
-    thread_cls = faust_aiokafka.AIOKafkaConsumerThread
-    thread_cls._enforcer_fetch_min_bytes = fetch_min_bytes
-    thread_cls._enforcer_read_committed = read_committed
-    if getattr(thread_cls, "_enforcer_fetch_wait", False):
-        return
-    create = thread_cls._create_worker_consumer
-
-    def create_worker_consumer(self: Any, transport: Any) -> Any:
-        consumer = create(self, transport)
-        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
-        consumer._fetch_min_bytes = thread_cls._enforcer_fetch_min_bytes
-        if thread_cls._enforcer_read_committed:  # read when its fetcher is made (start)
-            consumer._isolation_level = "read_committed"
-        return consumer
-
-    thread_cls._create_worker_consumer = create_worker_consumer
-    thread_cls._enforcer_fetch_wait = True
-
-
-def _install_fast_dispatch() -> None:
-    """Faust hands every fetched message to the streams with
-    ``wait_first(callback(message), suspend_flow.wait())``: four tasks and an
-    ``asyncio.wait`` per message, the largest per-message cost in the profile. While
-    the flow is not suspended (no rebalance), await the callback directly; otherwise
-    keep Faust's behaviour."""
-    consumer_cls = faust_consumer.Consumer
-    if getattr(consumer_cls, "_enforcer_fast_dispatch", False):
-        return
-    original = consumer_cls.wait_first
-
-    async def wait_first(self: Any, *coros: Any, timeout: Any = None) -> Any:
-        if (
-            len(coros) == 2
-            and timeout is None
-            and asyncio.iscoroutine(coros[0])
-            and asyncio.iscoroutine(coros[1])
-            and not self.suspend_flow.is_set()
-            and not self.should_stop
-        ):
-            coros[1].close()  # the suspend_flow.wait() that is not needed
-            return WaitResults([coros[0]], [await coros[0]], False)
-        return await original(self, *coros, timeout=timeout)
-
-    consumer_cls.wait_first = wait_first
-    consumer_cls._enforcer_fast_dispatch = True
-
-
 def _dispatch_to_gate(app: faust.App, topic: str, processor: Processor) -> None:
     """Hand the internal topic's records to the processor a fetched batch at a time,
-    straight from Faust's fetch (``Consumer._getmany``), instead of one by one through
-    Faust's message objects, async iteration, dispatch, conductor, channel queue, stream
-    and event objects (together a third of the worker's time in the profile, and a
-    queue hop of latency). The gate owns its offsets (``offsets.py``), so Faust's
+    straight from Faust's fetch (``faust_compat.take_fetched``), instead of one by one
+    through Faust's message objects, async iteration, dispatch, conductor, channel queue,
+    stream and event objects (together a third of the worker's time in the profile, and
+    a queue hop of latency). The gate owns its offsets (``offsets.py``), so Faust's
     acknowledgements are not needed; records of other topics (changelogs) go on to
     Faust unchanged.
 
@@ -141,7 +80,6 @@ def _dispatch_to_gate(app: faust.App, topic: str, processor: Processor) -> None:
     consumer = app.consumer
     deliver = consumer.callback
     flow = app.flow_control
-    fetch = consumer._getmany
 
     def may_process() -> bool:
         return (
@@ -151,8 +89,7 @@ def _dispatch_to_gate(app: faust.App, topic: str, processor: Processor) -> None:
             and not consumer.should_stop
         )
 
-    async def getmany(*args: Any, **kwargs: Any) -> Any:
-        records = await fetch(*args, **kwargs)
+    def take(records: dict) -> None:
         mine = [tp for tp in records if tp.topic == topic] if records else ()
         if mine:
             batches = [records.pop(tp) for tp in mine]
@@ -160,7 +97,6 @@ def _dispatch_to_gate(app: faust.App, topic: str, processor: Processor) -> None:
                 for tp, batch in zip(mine, batches, strict=True):
                     # aiokafka records: timestamps in milliseconds
                     processor.process(batch, timestamp_scale=0.001, partition=tp.partition)
-        return records
 
     async def on_message(message: Any) -> None:
         # records of the topic that still come this way are handled one at a time
@@ -169,7 +105,7 @@ def _dispatch_to_gate(app: faust.App, topic: str, processor: Processor) -> None:
         elif may_process():
             processor.process_one(message)
 
-    consumer._getmany = getmany
+    faust_compat.take_fetched(consumer, take)
     consumer.callback = on_message
 
 
@@ -280,29 +216,6 @@ TXN_COMMIT_INTERVAL = float(os.environ.get("ENFORCER_TXN_COMMIT_INTERVAL", "1.0"
 PURGE_INTERVAL = 30.0  # seconds between deletions of processed internal records
 
 
-class _UnfilteredTopic(defaultdict):
-    """Faust's read offsets, except that the gate's topic never has one."""
-
-    def __init__(self, topic: str, offsets: dict) -> None:
-        super().__init__(lambda: None, offsets)
-        self.topic = topic
-
-    def __getitem__(self, tp: Any) -> Any:
-        if tp.topic == self.topic:
-            return None
-        return super().__getitem__(tp)
-
-
-def _unfilter_read_offsets(consumer: Any, topic: str) -> None:
-    """Faust drops a fetched record whose offset is below the last one it handed out
-    (``_read_offset``), and a seek does not reliably reset that: records of a batch
-    fetched before the seek set it forward again, and the records the seek was for were
-    then dropped silently (a partition stalled in the crash test). The gate tracks its
-    own offsets (``offsets.py``) and wants every record, so Faust's filter is off for
-    its topic."""
-    consumer._read_offset = _UnfilteredTopic(topic, consumer._read_offset)
-
-
 def wire_offsets(
     app: faust.App,
     settings: Settings,
@@ -373,7 +286,7 @@ def wire_offsets(
         task.add_done_callback(loop_tasks.discard)
 
     processor.reposition = request
-    _unfilter_read_offsets(app.consumer, topic)
+    faust_compat.unfilter_read_offsets(app.consumer, topic)
 
     committed: dict[int, int] = {}  # partition -> offset committed, not yet purged
 
@@ -392,7 +305,9 @@ def wire_offsets(
         if fencing:
             outputs.commit()
         persist_offsets()
-        if due and await app.consumer._commit({TP(topic, p): o for p, o in due.items()}):
+        if due and await faust_compat.commit_offsets(
+            app.consumer, {TP(topic, p): o for p, o in due.items()}
+        ):
             processor.offsets.committed_ok(due)
             committed.update(due)
 
@@ -415,16 +330,13 @@ def wire_offsets(
 
     # On a clean stop, commit once more after Faust has stopped fetching and before it
     # closes the tables, so that a restart does not decide the last second again.
-    wait_empty = app._consumer_wait_empty
-
-    async def wait_empty_then_commit(consumer: Any, logger: Any) -> None:
-        await wait_empty(consumer, logger)
+    async def commit_after_streams() -> None:
         try:
             await commit_now()
         except Exception as exc:  # the next worker re-reads; at-least-once holds
             log.warning("final offset commit failed: %s", exc)
 
-    app._consumer_wait_empty = wait_empty_then_commit
+    faust_compat.after_streams_drained(app, commit_after_streams)
 
     async def revoked(app: faust.App, tps: Any, **kwargs: Any) -> None:
         for tp in tps:
@@ -457,10 +369,13 @@ def build(
     settings: Settings, policy: Policy, codec: Codec, replication_factor: int = 1
 ) -> Enforcer:
     """Build the worker's Faust app."""
-    _install_fetch_wait(settings.fetch_min_bytes, read_committed=settings.fencing)
-    if os.environ.get("ENFORCER_FAST_DISPATCH", "1") != "0":
-        _install_fast_dispatch()
     app = faust.App(settings.app_id, **faust_settings(settings, replication_factor))
+    faust_compat.use_gate_transport(
+        app,
+        fetch_min_bytes=settings.fetch_min_bytes,
+        read_committed=settings.fencing,
+        fast_dispatch=os.environ.get("ENFORCER_FAST_DISPATCH", "1") != "0",
+    )
     n = settings.partitions
     # acks=False: Faust does not commit this topic's offsets (it would commit past
     # records its streams skip during recovery); the gate commits its own (offsets.py).
@@ -481,7 +396,7 @@ def build(
         for state in (consent_state, ledger_state):
             store = state.table.data
             for partition in partitions:
-                db = store._dbs.get(partition)
+                db = faust_compat.open_partitions(state.table).get(partition)
                 if db is not None:
                     store.set_persisted_offset(TP(state.changelog_topic, partition), -1)
                     db.flush()  # no write-ahead log: only a flush keeps it

@@ -119,6 +119,12 @@ def _check_port(host: str, port: int) -> None:
 
 def cmd_worker(settings: Settings) -> int:
     """Run the stream processor until SIGTERM/SIGINT."""
+    from . import faust_compat  # Faust is imported by the commands that run it only
+
+    try:  # before anything else: the Faust internals the worker relies on are there
+        faust_compat.require()
+    except faust_compat.MissingInternals as exc:
+        raise CliError(str(exc)) from None
     from .app import build
     from .topics import admin_client, ensure_topics, replication_factor
 

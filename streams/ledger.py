@@ -19,6 +19,7 @@ import rocksdict
 from faust.stores.rocksdb import RocksDBOptions
 from faust.types import TP
 
+from . import faust_compat
 from .outputs import OutputProducer
 
 
@@ -79,7 +80,7 @@ class TableState:
         outputs.track_changelog(changelog_topic)
         # Faust's open partitions (a dict it fills and empties, never replaces): looked
         # up here first, without two calls into Faust per read or write
-        self._open: dict[int, Any] = table.data._dbs
+        self._open = faust_compat.open_partitions(table)
 
     def _db(self, partition: int) -> Any:
         """The partition's RocksDB, as Faust opened it on assignment. Never opened here:
@@ -125,6 +126,7 @@ class TableState:
         commits any input: the next owner restores from the changelog and processes the
         uncommitted inputs again with the whole state."""
         store = self.table.data
+        open_partitions = faust_compat.open_partitions(self.table)
         runs = self.outputs.changelog_runs
         # with fencing no other worker can write a partition this one has initialised
         # its producer for, and transaction markers take offsets between its own writes
@@ -132,7 +134,7 @@ class TableState:
         for key in [k for k in runs if k[0] == self.changelog_topic]:
             first, last, count = runs.pop(key)
             tp = TP(*key)
-            if key[1] not in store._dbs:
+            if key[1] not in open_partitions:
                 continue
             persisted = store.persisted_offset(tp)
             # or the end recovery last read to, if later: the changelog's last records
@@ -153,10 +155,7 @@ class TableState:
 
     def _recovered_to(self, tp: TP) -> int:
         """The last changelog offset Faust's recovery read the partition to (-1: none)."""
-        try:
-            return self.table.app.tables.recovery.active_highwaters.get(tp, -1)
-        except AttributeError:  # not a Faust table (tests)
-            return -1
+        return faust_compat.recovered_to(self.table, tp)
 
     def forget(self, partition: int) -> None:
         """A partition assigned anew or revoked: its own writes are counted afresh."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -225,7 +226,8 @@ def test_the_dockerfile_is_multi_stage_non_root_and_builds_the_fast_path():
     runs = [rest for word, rest in steps if word == "RUN"]
     assert any("ENFORCER_REQUIRE_NATIVE=1 sh deploy/build.sh" in r for r in runs)
     copied = " ".join(rest for word, rest in steps if word == "COPY")
-    for needed in ("pyproject.toml", "setup.py", "streams", "schemas", "deploy/build.sh"):
+    needed_files = ("pyproject.toml", "constraints.txt", "setup.py", "streams", "schemas")
+    for needed in (*needed_files, "deploy/build.sh"):
         assert needed in copied
         assert (ROOT / needed).exists()
 
@@ -235,6 +237,7 @@ def test_the_image_and_make_setup_install_through_the_same_script():
     recipe = makefile.split("$(STAMP): ", 1)[1].split("\n\n", 1)[0]
     assert "deploy/build.sh" in recipe.splitlines()[0]  # a prerequisite: a change rebuilds
     assert 'sh deploy/build.sh $(PYTHON) $(VENV) -e ".[dev]"' in recipe
+    assert "constraints.txt" in recipe.splitlines()[0]  # a new pin rebuilds too
     assert "make test" in (ROOT / ".ci/run").read_text()  # and CI runs make setup's recipe
     assert "test: setup" in makefile
 
@@ -325,3 +328,33 @@ def test_the_compose_file_agrees_with_the_cli_prometheus_and_grafana(monkeypatch
         (DEPLOY / "grafana/provisioning/dashboards/enforcer.yml").read_text()
     )["providers"][0]
     assert provider["options"]["path"] in mounts
+
+
+def _pins(lines: list[str]) -> dict[str, str]:
+    """name (normalised, without extras) -> version of each ``name==version``."""
+    pins = {}
+    for line in lines:
+        match = re.fullmatch(r"\s*([A-Za-z0-9_.-]+)(\[[^]]*\])?==([^\s;#]+)\s*", line)
+        if match:
+            pins[re.sub(r"[-_.]+", "-", match[1]).lower()] = match[3]
+    return pins
+
+
+def test_a_fresh_install_is_the_tested_one():
+    """Faust, mode and aiokafka pinned exactly in pyproject.toml (the worker relies on
+    their internals), every package pinned by constraints.txt, which deploy/build.sh
+    (make setup, CI, the image) always installs with, and the two agree."""
+    root = DEPLOY.parent
+    deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    exact = _pins(deps)
+    assert set(exact) >= {"faust-streaming", "mode-streaming", "aiokafka"}
+    lines = [
+        line
+        for line in (root / "constraints.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    constraints = _pins(lines)
+    assert len(constraints) == len(lines)  # every line an exact pin
+    assert {name: constraints.get(name) for name in exact} == exact
+    build = (DEPLOY / "build.sh").read_text()
+    assert '-m pip install -q -c "$(dirname "$0")/../constraints.txt" "$@"' in build

@@ -1,0 +1,460 @@
+"""The compatibility boundary: every private (or unpublished) name of Faust, mode and
+aiokafka that the worker relies on is used here and nowhere else, each with why.
+
+faust-streaming, mode-streaming and aiokafka are pinned exactly (``pyproject.toml``;
+every other package through ``constraints.txt``): an upgrade is a deliberate change,
+made with the crash and chaos tests. Several of these names would fail silently if
+they changed (a never-ready worker, a dropped final commit, the gate's partition stall
+back), so the worker checks them all before anything else (``require``, called by
+``enforcer worker``) and stops with one line naming what is missing.
+
+Faust's own extension points are used where there is one: the app's transport (its
+public ``App.transport`` setter) is a ``GateTransport``, whose ``Consumer`` class
+attribute makes Faust build a ``GateConsumer``, whose consumer thread is a
+``GateConsumerThread``. The private methods these subclasses override apply to the
+enforcer's app only, never to Faust's classes as a whole. What Faust offers no hook
+for is done on the app's own objects (``unfilter_read_offsets``, ``commit_offsets``,
+``after_streams_drained``, ``open_partitions``) or read (``recovered``,
+``recovered_to``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import types
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+from mode.services import WaitResults
+
+# aiokafka's fetch wait for the gate's consumer (Faust hard-codes 1,500 ms)
+FETCH_MAX_WAIT_MS = 10
+# the versions the names below were checked against (pinned in pyproject.toml)
+TESTED = {"faust-streaming": "0.15.3", "mode-streaming": "0.7.1", "aiokafka": "0.14.0"}
+
+
+# -- what is relied on, checked at start -----------------------------------------------
+@dataclass(frozen=True)
+class Relied:
+    """One name of Faust, mode or aiokafka the worker relies on, and why.
+
+    ``owner`` is ``"module:Class"``; ``params`` a method's parameter names, if it is
+    called or overridden; ``used_by`` methods of the owner that must still use the name
+    (without them, setting or replacing it would silently do nothing)."""
+
+    owner: str
+    name: str
+    why: str
+    params: tuple[str, ...] | None = None
+    used_by: tuple[str, ...] = ()
+
+    @property
+    def path(self) -> str:
+        """``module.Class.name``, as the self-check names it."""
+        return f"{self.owner.replace(':', '.')}.{self.name}"
+
+
+_CONSUMER = "faust.transport.consumer:Consumer"
+_AIOKAFKA = "faust.transport.drivers.aiokafka"
+
+RELIED_ON: tuple[Relied, ...] = (
+    Relied(
+        f"{_AIOKAFKA}:Transport",
+        "Consumer",
+        "the class a transport makes the app's consumer from: GateTransport's is GateConsumer",
+        used_by=("create_consumer",),
+    ),
+    Relied(
+        f"{_AIOKAFKA}:Consumer",
+        "_new_consumer_thread",
+        "overridden by GateConsumer to run a GateConsumerThread",
+        params=("self",),
+        used_by=("__init__",),
+    ),
+    Relied(
+        f"{_AIOKAFKA}:AIOKafkaConsumerThread",
+        "_create_worker_consumer",
+        "overridden by GateConsumerThread: the worker consumer's fetch settings, which Faust "
+        "hard-codes",
+        params=("self", "transport"),
+        used_by=("_create_consumer",),
+    ),
+    Relied(
+        "aiokafka:AIOKafkaConsumer",
+        "_fetch_max_wait_ms",
+        "set before start: decisions 0.3-1.5 s late at Faust's 1,500 ms",
+        used_by=("__init__", "start"),
+    ),
+    Relied(
+        "aiokafka:AIOKafkaConsumer",
+        "_fetch_min_bytes",
+        "set before start: --fetch-min-bytes for the gate's consumer",
+        used_by=("__init__", "start"),
+    ),
+    Relied(
+        "aiokafka:AIOKafkaConsumer",
+        "_isolation_level",
+        "set before start: read_committed with fencing (Faust does so only for exactly_once)",
+        used_by=("__init__", "start"),
+    ),
+    Relied(
+        _CONSUMER,
+        "wait_first",
+        "GateConsumer awaits a message's callback directly while the flow is not suspended",
+        params=("self", "coros", "timeout"),
+        used_by=("_drain_messages",),
+    ),
+    Relied(
+        _CONSUMER,
+        "suspend_flow",
+        "the event whose wait GateConsumer.wait_first drops while it is not set",
+        used_by=("__init__", "_drain_messages"),
+    ),
+    Relied(
+        _CONSUMER,
+        "callback",
+        "replaced by the gate's: its topic's records that still come one by one",
+        used_by=("__init__", "_drain_messages"),
+    ),
+    Relied(
+        f"{_AIOKAFKA}:Consumer",
+        "_getmany",
+        "overridden by GateConsumer: the gate takes its topic's records a fetched batch at a time",
+        params=("self", "active_partitions", "timeout"),
+        used_by=("_wait_next_records",),
+    ),
+    Relied(
+        _CONSUMER,
+        "_read_offset",
+        "Faust's filter of records below the last one handed out, off for the gate's topic",
+        used_by=("__init__", "_drain_messages", "seek"),
+    ),
+    Relied(
+        f"{_AIOKAFKA}:Consumer",
+        "_commit",
+        "commits the gate's own offsets (Faust's commit() commits only acknowledged ones)",
+        params=("self", "offsets"),
+    ),
+    Relied(
+        "faust.app.base:App",
+        "_consumer_wait_empty",
+        "wrapped: the gate's last commit after a clean stop or a revocation",
+        params=("self", "consumer", "logger"),
+        used_by=("_stop_consumer", "_on_partitions_revoked"),
+    ),
+    Relied(
+        "faust.app.base:App",
+        "transport",
+        "set to a GateTransport before anything uses it",
+    ),
+    Relied(
+        "faust.app.base:App",
+        "rebalancing",
+        "read for readiness",
+        used_by=("on_rebalance_start", "on_rebalance_end"),
+    ),
+    Relied(
+        "faust.stores.rocksdb:Store",
+        "_dbs",
+        "the open RocksDB partitions, read and written by the gate directly",
+        used_by=("__init__", "_db_for_partition", "revoke_partitions"),
+    ),
+    Relied(
+        "faust.stores.rocksdb:Store",
+        "_db_for_partition",
+        "how Faust opens (and restores) a partition into _dbs; the gate never opens one",
+        params=("self", "partition"),
+    ),
+    Relied(
+        "faust.stores.rocksdb:Store",
+        "persisted_offset",
+        "the changelog offset a partition reflects",
+        params=("self", "tp"),
+    ),
+    Relied(
+        "faust.stores.rocksdb:Store",
+        "set_persisted_offset",
+        "persisted by the gate after its own writes",
+        params=("self", "tp", "offset"),
+    ),
+    Relied(
+        "faust.stores.rocksdb:RocksDBOptions",
+        "open",
+        "overridden by ledger.ChangelogBackedOptions: writes without the write-ahead log",
+        params=("self", "path", "read_only"),
+    ),
+    Relied(
+        "faust.tables.manager:TableManager",
+        "on_rebalance",
+        "wrapped with fencing: producers initialised before the tables are restored",
+        params=("self", "assigned", "revoked", "newly_assigned", "generation_id"),
+    ),
+    Relied(
+        "faust.tables.manager:TableManager",
+        "recovery",
+        "the recovery service, read for readiness",
+    ),
+    Relied(
+        "faust.tables.recovery:Recovery",
+        "in_recovery",
+        "read for readiness",
+        used_by=("_set_recovery_started", "_set_recovery_ended"),
+    ),
+    Relied(
+        "faust.tables.recovery:Recovery",
+        "completed",
+        "read for readiness",
+        used_by=("__init__",),
+    ),
+    Relied(
+        "faust.tables.recovery:Recovery",
+        "active_highwaters",
+        "the changelog end recovery read to, for the offsets the gate persists",
+        used_by=("__init__",),
+    ),
+)
+
+
+class MissingInternals(Exception):
+    """The installed Faust, mode or aiokafka lacks a name the worker relies on."""
+
+
+def _resolve(owner: str) -> Any:
+    module, _, qualname = owner.partition(":")
+    target: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        target = getattr(target, part)
+    return target
+
+
+def _names(code: types.CodeType) -> Iterator[str]:
+    """The attribute and global names a code object and the ones nested in it use."""
+    yield from code.co_names
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _names(const)
+
+
+def _uses(function: Any) -> set[str]:
+    code = getattr(inspect.unwrap(function), "__code__", None)
+    return set(_names(code)) if code is not None else set()
+
+
+def _defined(cls: type, name: str) -> bool:
+    """An attribute of the class, an annotated one, or one its ``__init__`` sets."""
+    if hasattr(cls, name):
+        return True
+    if any(name in getattr(c, "__annotations__", {}) for c in cls.__mro__):
+        return True
+    return name in _uses(getattr(cls, "__init__", None))
+
+
+def _problem(relied: Relied) -> str | None:
+    """What is wrong with one relied-on name, or None."""
+    try:
+        cls = _resolve(relied.owner)
+    except (ImportError, AttributeError):
+        return f"{relied.owner.replace(':', '.')} (missing)"
+    if not _defined(cls, relied.name):
+        return f"{relied.path} (missing)"
+    if relied.params is not None:
+        try:
+            params = tuple(inspect.signature(getattr(cls, relied.name)).parameters)
+        except (TypeError, ValueError, AttributeError):
+            params = ()
+        if params != relied.params:
+            return f"{relied.path} (parameters {params}, expected {relied.params})"
+    for method in relied.used_by:
+        if relied.name not in _uses(getattr(cls, method, None)):
+            return f"{relied.path} (no longer used by {method})"
+    return None
+
+
+def check() -> list[str]:
+    """What is missing or changed, one entry per relied-on name (empty: all there)."""
+    return [p for p in map(_problem, RELIED_ON) if p is not None]
+
+
+def require() -> None:
+    """Raise ``MissingInternals`` with one line naming every missing or changed name."""
+    problems = check()
+    if problems:
+        tested = ", ".join(f"{name} {version}" for name, version in TESTED.items())
+        raise MissingInternals(
+            f"the installed Faust/mode/aiokafka lacks what the worker relies on: "
+            f"{'; '.join(problems)} (tested with {tested})"
+        )
+
+
+# -- the gate's consumer: Faust's transport and consumer classes, subclassed ---------
+class GateConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: ignore[misc]
+    """Faust's consumer thread with the gate's fetch settings.
+
+    Faust hard-codes ``fetch_max_wait_ms=1500`` for its worker consumer. Its fetch
+    requests also name the (idle) changelog partitions, and the broker held them for
+    the full wait even while the internal topic had data: decisions came 0.3-1.5 s late
+    at 1,000 posts/s. A short wait keeps decision latency in milliseconds; a fetch
+    returns early once ``fetch_min_bytes`` are there (fewer requests for the broker).
+
+    With fencing the consumer also reads ``read_committed`` (Faust does so only with its
+    own ``exactly_once``): table recovery then never restores an aborted write of a
+    fenced worker, and the end offsets recovery reads to are the last stable ones.
+    aiokafka reads all three when the consumer starts (its fetcher is made then), so
+    setting them on the consumer Faust has just built is enough."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+        consumer._fetch_min_bytes = transport.fetch_min_bytes
+        if transport.read_committed:
+            consumer._isolation_level = "read_committed"
+        return consumer
+
+
+class GateConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
+    """Faust's aiokafka consumer with the gate's dispatch (the app's only consumer)."""
+
+    #: called with each fetched batch (topic partition -> records) before Faust sees it;
+    #: it takes out what it handles (``take_fetched``)
+    fetched: Callable[[dict], None] | None = None
+
+    def _new_consumer_thread(self) -> Any:
+        return GateConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def _getmany(self, active_partitions: Any, timeout: float) -> Any:
+        records = await super()._getmany(active_partitions, timeout)
+        if self.fetched is not None:
+            self.fetched(records)
+        return records
+
+    async def wait_first(self, *coros: Any, timeout: Any = None) -> Any:
+        """Faust hands every fetched message to the streams with
+        ``wait_first(callback(message), suspend_flow.wait())``: four tasks and an
+        ``asyncio.wait`` per message, the largest per-message cost in the profile. While
+        the flow is not suspended (no rebalance), the callback is awaited directly;
+        otherwise, or with ``ENFORCER_FAST_DISPATCH=0``, Faust's behaviour is kept."""
+        if (
+            self.transport.fast_dispatch
+            and len(coros) == 2
+            and timeout is None
+            and asyncio.iscoroutine(coros[0])
+            and asyncio.iscoroutine(coros[1])
+            and not self.suspend_flow.is_set()
+            and not self.should_stop
+        ):
+            coros[1].close()  # the suspend_flow.wait() that is not needed
+            return WaitResults([coros[0]], [await coros[0]], False)
+        return await super().wait_first(*coros, timeout=timeout)
+
+
+class GateTransport(faust_aiokafka.Transport):  # type: ignore[misc]
+    """Faust's aiokafka transport, making a ``GateConsumer`` with these settings."""
+
+    Consumer = GateConsumer
+    fetch_min_bytes = 1
+    read_committed = False
+    fast_dispatch = True
+
+
+def use_gate_transport(
+    app: Any, *, fetch_min_bytes: int, read_committed: bool, fast_dispatch: bool
+) -> None:
+    """Make the app's consumer a ``GateConsumer``. Call right after the app is made,
+    before anything uses its transport (its topics, tables and agents do)."""
+    transport = GateTransport(app.conf.broker_consumer, app)
+    transport.fetch_min_bytes = fetch_min_bytes
+    transport.read_committed = read_committed
+    transport.fast_dispatch = fast_dispatch
+    app.transport = transport
+
+
+def take_fetched(consumer: Any, take: Callable[[dict], None]) -> None:
+    """Hand each batch the consumer fetches (topic partition -> aiokafka records) to
+    ``take`` before Faust sees it; ``take`` removes the partitions it handles."""
+    if not isinstance(consumer, GateConsumer):
+        raise RuntimeError("the app's consumer is not a GateConsumer (use_gate_transport)")
+    consumer.fetched = take
+
+
+class _UnfilteredTopic(defaultdict):
+    """Faust's read offsets, except that the gate's topic never has one."""
+
+    def __init__(self, topic: str, offsets: Mapping[Any, Any]) -> None:
+        super().__init__(lambda: None, offsets)
+        self.topic = topic
+
+    def __getitem__(self, tp: Any) -> Any:
+        if tp.topic == self.topic:
+            return None
+        return super().__getitem__(tp)
+
+
+def unfilter_read_offsets(consumer: Any, topic: str) -> None:
+    """Faust drops a fetched record whose offset is below the last one it handed out
+    (its read offsets), and a seek does not reliably reset that: records of a batch
+    fetched before the seek set it forward again, and the records the seek was for were
+    then dropped silently (a partition stalled in the crash test). The gate tracks its
+    own offsets (``offsets.py``) and wants every record, so Faust's filter is off for
+    its topic. Call before the consumer starts fetching (Faust binds the mapping's
+    methods then)."""
+    consumer._read_offset = _UnfilteredTopic(topic, consumer._read_offset)
+
+
+async def commit_offsets(consumer: Any, offsets: Mapping[TP, int]) -> bool:
+    """Commit these offsets for the consumer's group; True if committed. Faust's public
+    ``commit`` commits only what its streams acknowledged, and the gate acknowledges
+    nothing (it owns its offsets: ``offsets.py``)."""
+    return bool(await consumer._commit(offsets))
+
+
+def after_streams_drained(app: Any, then: Callable[[], Awaitable[None]]) -> None:
+    """Await ``then`` each time Faust has waited for its streams to finish their events:
+    on a clean stop after it stopped fetching and before it closes the tables, and on
+    every revocation before the partitions go. Faust offers no signal at that point
+    (``on_before_shutdown`` comes after the tables are closed)."""
+    wait_empty = app._consumer_wait_empty
+
+    async def wait_empty_then(consumer: Any, logger: Any) -> None:
+        await wait_empty(consumer, logger)
+        await then()
+
+    app._consumer_wait_empty = wait_empty_then
+
+
+def open_partitions(table: Any) -> MutableMapping[int, Any]:
+    """The table's open RocksDB partitions, partition -> database: the dict Faust fills
+    when it opens (and restores) a partition and empties when it is revoked, never
+    replaced. A partition that is not in it was never recovered here."""
+    dbs: MutableMapping[int, Any] = table.data._dbs
+    return dbs
+
+
+def recovered(app: Any) -> bool:
+    """True once the app has started, no rebalance is going on, and Faust has recovered
+    its tables. False while any of these attributes is not there yet (the app not
+    started, a stand-in app): the self-check has made sure Faust has them."""
+    try:
+        recovery = app.tables.recovery
+        return bool(
+            app.started
+            and not app.rebalancing
+            and not recovery.in_recovery
+            and recovery.completed.is_set()
+        )
+    except AttributeError:
+        return False
+
+
+def recovered_to(table: Any, tp: TP) -> int:
+    """The last changelog offset Faust's recovery read the partition to (-1: none, or
+    not a Faust table)."""
+    try:
+        return int(table.app.tables.recovery.active_highwaters.get(tp, -1))
+    except AttributeError:
+        return -1

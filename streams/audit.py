@@ -30,6 +30,9 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 
 from .codec import CONSENT_RECEIPT, DECISION, RETRACTION, Codec, DecodeError
+from .connection import AUDIT_GROUP, command_config, raise_if_denied
+from .settings import Settings
+from .topics import preflight
 
 
 def key_partition(key: bytes, partitions: int) -> int:
@@ -65,20 +68,22 @@ class Timeline:
     scans: list[Scan] = field(default_factory=list)
 
 
-def _consumer(bootstrap: str) -> Consumer:
+def _consumer(settings: Settings) -> Consumer:
     return Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": "enforcer-audit",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "fetch.max.bytes": 52428800,
-        }
+        command_config(
+            settings,
+            {
+                "group.id": AUDIT_GROUP,
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "fetch.max.bytes": 52428800,
+            },
+        )
     )
 
 
 def read_partitions(
-    bootstrap: str,
+    settings: Settings,
     topic: str,
     partitions: list[int] | None,
     start_ms: int,
@@ -90,7 +95,7 @@ def read_partitions(
     value contains ``needle``, decoded by ``decode`` (None: not wanted), with their
     timestamps."""
     started = time.monotonic()
-    consumer = _consumer(bootstrap)
+    consumer = _consumer(settings)
     try:
         md = consumer.list_topics(topic, timeout=30).topics[topic]
         if md.error is not None:
@@ -122,6 +127,7 @@ def read_partitions(
         while ranges and time.monotonic() < deadline:
             for m in consumer.consume(10000, timeout=0.5):
                 if m.error():
+                    raise_if_denied(m.error(), settings)
                     continue
                 p, offset = m.partition(), m.offset()
                 r = ranges.get(p)
@@ -164,9 +170,10 @@ def audit(
         return decode
 
     s = settings
+    preflight(s, "audit")
 
     def one_partition(topic: str) -> list[int]:
-        c = _consumer(s.bootstrap_servers)
+        c = _consumer(s)
         try:
             md = c.list_topics(topic, timeout=30).topics[topic]
             return [key_partition(key, len(md.partitions))] if md.partitions else []
@@ -174,7 +181,7 @@ def audit(
             c.close()
 
     receipts, scan = read_partitions(
-        s.bootstrap_servers,
+        s,
         s.receipts_topic,
         one_partition(s.receipts_topic),
         0,
@@ -184,7 +191,7 @@ def audit(
     )
     line.scans.append(scan)
     retractions, scan = read_partitions(
-        s.bootstrap_servers,
+        s,
         s.retractions_topic,
         one_partition(s.retractions_topic),
         start_ms,
@@ -193,9 +200,7 @@ def audit(
         decoder(RETRACTION),
     )
     line.scans.append(scan)
-    decisions, scan = read_partitions(
-        s.bootstrap_servers, s.decisions_topic, None, 0, end_ms, key, decoder(DECISION)
-    )
+    decisions, scan = read_partitions(s, s.decisions_topic, None, 0, end_ms, key, decoder(DECISION))
     line.scans.append(scan)
     first: dict[str, dict] = {}
     for _, r in sorted(receipts, key=lambda x: (x[1]["applied_at"], x[0])):

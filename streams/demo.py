@@ -124,6 +124,10 @@ def _start_broker(
 ) -> tuple[str, list[str] | None]:
     if explicit:
         return settings.bootstrap_servers, None
+    if settings.security.protocol != "PLAINTEXT":
+        raise SettingsError(
+            "the demo's own broker is PLAINTEXT: give --bootstrap-servers of the secured cluster"
+        )
     if not LOCAL_KAFKA.exists():
         raise SettingsError(
             "the local broker script is not installed here; pass --bootstrap-servers"
@@ -143,9 +147,10 @@ def _start_broker(
 
 def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     """Run the demo until ``--duration`` or Ctrl-C; always clean up."""
+    from .connection import connection_flags, kafka_failure
     from .operator_cli import make_generator
     from .produce import produce_records, traffic_producer
-    from .topics import ensure_topics
+    from .topics import ensure_topics, preflight
 
     explicit = bool(args.bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
     workdir = Path(tempfile.mkdtemp(prefix="enforcer-demo-"))
@@ -169,14 +174,15 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
             settings, bootstrap_servers=bootstrap, data_dir=workdir / "state", web_port=web_port
         )
         ensure_topics(settings, create_inputs=True)
+        if explicit:
+            preflight(settings, "generate")
         gen = make_generator(args, settings)
         cmd = [
             sys.executable,
             "-m",
             "streams",
             "worker",
-            "--bootstrap-servers",
-            bootstrap,
+            *connection_flags(settings),  # the broker, and how to log in: files only
             "--app-id",
             settings.app_id,
             "--data-dir",
@@ -222,10 +228,17 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
                 raise SettingsError("the worker did not become ready")
             time.sleep(0.2)
         producer = traffic_producer(settings)
+        failed: list[str] = []
 
         def produce() -> None:
-            produce_records(producer, settings, gen.records(10**12), args.rate, stop)
-            producer.flush(10)
+            try:
+                produce_records(producer, settings, gen.records(10**12), args.rate, stop)
+                producer.flush(10)
+            except Exception as exc:  # reported by the main loop, one line
+                failed.append(
+                    str(exc) if isinstance(exc, SettingsError) else kafka_failure(exc, settings)
+                )
+                interrupted.set()
 
         producer_thread = threading.Thread(target=produce, name="demo-traffic", daemon=True)
         producer_thread.start()
@@ -243,6 +256,8 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
             except OSError:
                 pass
             interrupted.wait(1.0)
+        if failed:
+            raise SettingsError(f"the demo's traffic stopped: {failed[0]}")
         with contextlib.suppress(OSError):
             metrics = scrape(web_port)
     finally:

@@ -42,6 +42,7 @@ from urllib.parse import quote, unquote
 from faust.types import TP
 
 from .codec import DecodeError
+from .connection import librdkafka_config
 from .consent import ALL, ConsentState, decode_state
 from .enforcement import RECEIPT_PLATFORMS
 from .ledger import StateNotReady
@@ -229,13 +230,13 @@ def unavailable(reason: str, **headers: str) -> Reply:
 def endpoint_consumer_config(settings: Settings) -> dict[str, Any]:
     """The endpoints reader: assigned every partition, never a group member, no commits
     (``group.id`` is only required by the client)."""
-    return {
-        "bootstrap.servers": settings.bootstrap_servers,
+    role = {
         "group.id": f"{settings.app_id}-endpoints-reader",
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
         "log_level": 3,
     }
+    return librdkafka_config(settings, role)
 
 
 class EndpointDirectory:

@@ -179,10 +179,12 @@ def make_generator(args: argparse.Namespace, settings: Settings):
 def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     """Produce synthetic traffic to the input topics."""
     from .produce import produce_traffic
+    from .topics import preflight
 
     gen = make_generator(args, settings)
     if args.count < 0 or args.rate < 0:
         raise SettingsError("--count and --rate must not be negative")
+    preflight(settings, "generate")
     counts = produce_traffic(
         settings, gen, args.count, args.rate, objections_first=args.objections_first
     )

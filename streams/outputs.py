@@ -30,6 +30,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from .connection import librdkafka_config
 from .records import MAX_ID_BYTES
 from .settings import Settings
 
@@ -40,8 +41,7 @@ def producer_config(settings: Settings) -> dict[str, Any]:
     """Every producer of the worker (outputs and re-keying): idempotent, acknowledged by
     all replicas, lightly batched, uncompressed (the gate's aiokafka consumer reads the
     internal topic without extra codec libraries)."""
-    return {
-        "bootstrap.servers": settings.bootstrap_servers,
+    role = {
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": settings.linger_ms,
@@ -53,6 +53,7 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         "message.max.bytes": settings.max_record_bytes,
         "log_level": 3,
     }
+    return librdkafka_config(settings, role)
 
 
 TXN_TIMEOUT = 60.0  # seconds a transactional call may take before the worker stops (as flush)

@@ -7,24 +7,43 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from .connection import command_config, raise_if_denied
 from .generator import Generated, TrafficGenerator
 from .settings import Settings
 
 
 def traffic_producer(settings: Settings) -> Producer:
-    """A producer like an upstream one: librdkafka's default partitioner, batched."""
+    """A producer like an upstream one: librdkafka's default partitioner, batched. A
+    record the cluster refuses raises (``KafkaAccessError`` for a missing ACL) out of
+    the ``poll`` or ``flush`` that reports it."""
     return Producer(
-        {
-            "bootstrap.servers": settings.bootstrap_servers,
-            "linger.ms": 10,
-            "batch.num.messages": 10000,
-            "queue.buffering.max.messages": 500000,
-            "enable.idempotence": True,
-            "compression.type": "none",
-        }
+        command_config(
+            settings,
+            {
+                "linger.ms": 10,
+                "batch.num.messages": 10000,
+                "queue.buffering.max.messages": 500000,
+                "enable.idempotence": True,
+                "compression.type": "none",
+                "on_delivery": _StopOnFailedDelivery(settings),
+                "delivery.report.only.error": True,
+            },
+        )
     )
+
+
+class _StopOnFailedDelivery:
+    """A delivery report callback that raises for a record the broker did not take."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def __call__(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            raise_if_denied(err, self.settings)
+            raise KafkaException(err)
 
 
 def produce_records(

@@ -45,6 +45,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import OffsetSpec
 
 from .codec import OBJECTION, POST, Codec, DecodeError, RegistryUnavailable, wait_for_registry
+from .connection import librdkafka_config
 from .outputs import producer_config
 from .records import (
     DLQ_REFERENCE,
@@ -73,8 +74,7 @@ COMMIT_INTERVAL = 1.0  # seconds between flush-and-commit
 
 def rekey_consumer_config(settings: Settings) -> dict[str, Any]:
     """The re-keying consumer: its own group, committing only what was delivered."""
-    return {
-        "bootstrap.servers": settings.bootstrap_servers,
+    role = {
         "group.id": f"{settings.app_id}-rekey",
         "group.instance.id": f"{settings.instance_id}-rekey",
         "enable.auto.commit": False,
@@ -93,6 +93,7 @@ def rekey_consumer_config(settings: Settings) -> dict[str, Any]:
         "session.timeout.ms": 30000,
         "log_level": 3,
     }
+    return librdkafka_config(settings, role)
 
 
 # shared counters of the stage, read by the worker's /metrics

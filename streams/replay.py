@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from .codec import POST, Codec, DecodeError
+from .connection import command_config, raise_if_denied
 from .records import (
     KIND,
     KIND_REPLAY,
@@ -34,7 +35,7 @@ from .records import (
     partition_for_user,
 )
 from .settings import Settings, SettingsError
-from .topics import admin_client, describe
+from .topics import admin_client, check_access, describe
 
 
 class ReplayError(RuntimeError):
@@ -81,11 +82,12 @@ class ReplayReport:
 
 def worker_running(settings: Settings) -> bool:
     """True when the worker's consumer group has members."""
-    admin = admin_client(settings)
+    admin = admin_client(settings, command=True)
     try:
         future = admin.describe_consumer_groups([settings.app_id])[settings.app_id]
         group = future.result(timeout=15)
-    except KafkaException:
+    except KafkaException as exc:
+        raise_if_denied(exc.args[0], settings)
         return False
     return len(group.members) > 0
 
@@ -141,12 +143,14 @@ def _read_posts(
     """The latest version of each selected post: post id -> (bytes, user, partition,
     offset, topic)."""
     consumer = Consumer(
-        {
-            "bootstrap.servers": settings.bootstrap_servers,
-            "group.id": f"{settings.app_id}-replay-{plan.replay_id}",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-        }
+        command_config(
+            settings,
+            {
+                "group.id": f"{settings.app_id}-replay-{plan.replay_id}",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+            },
+        )
     )
     selected: dict[str, tuple[bytes, str, int, int, str]] = {}
     try:
@@ -161,6 +165,7 @@ def _read_posts(
                 raise ReplayError(f"could not read the selected posts within {plan.timeout:.0f}s")
             for msg in consumer.consume(5000, timeout=0.5):
                 if msg.error():
+                    raise_if_denied(msg.error(), settings)
                     continue
                 p, offset = msg.partition(), msg.offset()
                 if p not in remaining or offset >= remaining[p]:
@@ -195,7 +200,9 @@ def run_replay(settings: Settings, plan: ReplayPlan, codec: Codec) -> ReplayRepo
     """Send the selected posts to the worker and collect its answers."""
     if plan.start_ms > plan.end_ms:
         raise SettingsError("--from is after --to")
-    existing = describe(admin_client(settings), settings)
+    admin = admin_client(settings, command=True)
+    existing = describe(admin, settings)
+    check_access(settings, "replay", admin)
     for topic in (settings.posts_topic, settings.user_events_topic, settings.replay_results_topic):
         if topic not in existing:
             raise ReplayError(
@@ -208,12 +215,14 @@ def run_replay(settings: Settings, plan: ReplayPlan, codec: Codec) -> ReplayRepo
         )
     report = ReplayReport(plan.replay_id)
     results = Consumer(
-        {
-            "bootstrap.servers": settings.bootstrap_servers,
-            "group.id": f"{settings.app_id}-replay-results-{plan.replay_id}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "latest",
-        }
+        command_config(
+            settings,
+            {
+                "group.id": f"{settings.app_id}-replay-results-{plan.replay_id}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "latest",
+            },
+        )
     )
     try:
         md = results.list_topics(settings.replay_results_topic, timeout=10)
@@ -230,7 +239,7 @@ def run_replay(settings: Settings, plan: ReplayPlan, codec: Codec) -> ReplayRepo
         # routed by the internal topic's own partition count, whatever --partitions says:
         # a request on another partition than its user's would read none of its state
         _send_requests(settings, plan, selected.values(), existing[settings.user_events_topic])
-        _collect(results, plan, report, set(selected))
+        _collect(results, plan, report, set(selected), settings)
     finally:
         results.close()
     return report
@@ -242,13 +251,7 @@ def _send_requests(
     selected: Iterable[tuple[bytes, str, int, int, str]],
     partitions: int,
 ) -> None:
-    producer = Producer(
-        {
-            "bootstrap.servers": settings.bootstrap_servers,
-            "linger.ms": 5,
-            "enable.idempotence": True,
-        }
-    )
+    producer = Producer(command_config(settings, {"linger.ms": 5, "enable.idempotence": True}))
     failures: list[str] = []
 
     def delivered(err, _msg) -> None:
@@ -283,7 +286,9 @@ def _send_requests(
         raise ReplayError(f"could not send replay requests: {failures[:1] or 'timeout'}")
 
 
-def _collect(results: Consumer, plan: ReplayPlan, report: ReplayReport, pending: set[str]) -> None:
+def _collect(
+    results: Consumer, plan: ReplayPlan, report: ReplayReport, pending: set[str], settings: Settings
+) -> None:
     progress = Progress(len(pending), "re-deciding")
     total = len(pending)
     deadline = time.monotonic() + plan.timeout
@@ -295,7 +300,10 @@ def _collect(results: Consumer, plan: ReplayPlan, report: ReplayReport, pending:
                 f"requests within {plan.timeout:.0f}s; run the replay again"
             )
         for msg in results.consume(5000, timeout=0.5):
-            if msg.error() or msg.key() != plan.replay_id.encode():
+            if msg.error():
+                raise_if_denied(msg.error(), settings)
+                continue
+            if msg.key() != plan.replay_id.encode():
                 continue
             answer = json.loads(msg.value())
             if answer["post_id"] not in pending:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,11 +50,108 @@ class SettingsError(ValueError):
     """Configuration that cannot work; the message is one line for the operator."""
 
 
+# -- secured clusters: how every Kafka client and the schema registry client connect
+# (streams/connection.py builds the clients' configurations from these) --
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")
+DEFAULT_SASL_MECHANISM = "SCRAM-SHA-512"
+
+
+class Secret:
+    """A password or token: its value only through ``reveal()``, never in a repr, a
+    str or a log line."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret itself, for the client that sends it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __reduce__(self) -> tuple:  # pickled to the re-keying stage's process
+        return (Secret, (self._value,))
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """How the Kafka clients authenticate and encrypt (``--security-protocol`` etc.)."""
+
+    protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None  # None: DEFAULT_SASL_MECHANISM with SASL
+    sasl_username: str | None = None
+    sasl_password: Secret | None = None
+    sasl_password_file: Path | None = None  # where the password was read, if from a file
+    ssl_ca_file: Path | None = None  # None: the system's CA certificates
+    ssl_cert_file: Path | None = None  # a client certificate (mutual TLS)
+    ssl_key_file: Path | None = None
+    ssl_key_password: Secret | None = None
+    ssl_key_password_file: Path | None = None
+
+    @property
+    def sasl(self) -> bool:
+        return self.protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+
+    @property
+    def tls(self) -> bool:
+        return self.protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def mechanism(self) -> str:
+        return self.sasl_mechanism or DEFAULT_SASL_MECHANISM
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The TLS context of the Python (aiokafka) clients, from the same files as
+        librdkafka's: the broker's certificate and host name are verified."""
+        context = ssl.create_default_context(
+            cafile=str(self.ssl_ca_file) if self.ssl_ca_file else None
+        )
+        if self.ssl_cert_file and self.ssl_key_file:
+            password = self.ssl_key_password
+            context.load_cert_chain(
+                str(self.ssl_cert_file),
+                str(self.ssl_key_file),
+                # never OpenSSL's prompt on the terminal for an encrypted key
+                password=(lambda: password.reveal()) if password else (lambda: b""),
+            )
+        return context
+
+
+@dataclass(frozen=True)
+class RegistrySecurity:
+    """How the schema registry client authenticates (basic or bearer) and which CA it
+    trusts for https."""
+
+    user: str | None = None
+    password: Secret | None = None
+    password_file: Path | None = None
+    token_file: Path | None = None  # read again for every request (rotated tokens)
+    ca_file: Path | None = None
+
+    @property
+    def configured(self) -> bool:
+        return any((self.user, self.password, self.token_file, self.ca_file))
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a worker, the topic tool or a replay needs to know."""
 
     bootstrap_servers: str = DEFAULT_BOOTSTRAP
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    registry_security: RegistrySecurity = field(default_factory=RegistrySecurity)
     app_id: str = DEFAULT_APP_ID
     data_dir: Path = field(default_factory=lambda: Path("./enforcer-data"))
     policy_path: Path | None = None
@@ -293,6 +391,128 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     )
     for attr, (flag, env, default) in TOPIC_FLAGS.items():
         g.add_argument(flag, dest=attr, help=f"[{env}, default {default}]")
+    add_security_arguments(parser)
+
+
+# flag, attribute, environment variable, help: the secured-cluster flags (files only for
+# secrets: a password on a command line shows in the process list)
+_SECURITY_FLAGS = (
+    ("--security-protocol", "security_protocol", "ENFORCER_SECURITY_PROTOCOL",
+     "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (default PLAINTEXT)"),
+    ("--sasl-mechanism", "sasl_mechanism", "ENFORCER_SASL_MECHANISM",
+     f"SCRAM-SHA-256, SCRAM-SHA-512 or PLAIN (default {DEFAULT_SASL_MECHANISM})"),
+    ("--sasl-username", "sasl_username", "ENFORCER_SASL_USERNAME", "SASL user name"),
+    ("--sasl-password-file", "sasl_password_file", "ENFORCER_SASL_PASSWORD_FILE",
+     "file holding the SASL password (or ENFORCER_SASL_PASSWORD)"),
+    ("--ssl-ca-file", "ssl_ca_file", "ENFORCER_SSL_CA_FILE",
+     "PEM CA certificates that sign the brokers' (default: the system's)"),
+    ("--ssl-cert-file", "ssl_cert_file", "ENFORCER_SSL_CERT_FILE",
+     "PEM client certificate, for mutual TLS"),
+    ("--ssl-key-file", "ssl_key_file", "ENFORCER_SSL_KEY_FILE", "PEM key of --ssl-cert-file"),
+    ("--ssl-key-password-file", "ssl_key_password_file", "ENFORCER_SSL_KEY_PASSWORD_FILE",
+     "file holding the password of an encrypted --ssl-key-file (or ENFORCER_SSL_KEY_PASSWORD)"),
+    ("--schema-registry-user", "schema_registry_user", "ENFORCER_SCHEMA_REGISTRY_USER",
+     "basic authentication user of the schema registry"),
+    ("--schema-registry-password-file", "schema_registry_password_file",
+     "ENFORCER_SCHEMA_REGISTRY_PASSWORD_FILE",
+     "file holding its password (or ENFORCER_SCHEMA_REGISTRY_PASSWORD)"),
+    ("--schema-registry-token-file", "schema_registry_token_file",
+     "ENFORCER_SCHEMA_REGISTRY_TOKEN_FILE",
+     "file holding a bearer token for the schema registry, read for each request"),
+    ("--schema-registry-ca-file", "schema_registry_ca_file", "ENFORCER_SCHEMA_REGISTRY_CA_FILE",
+     "PEM CA certificates that sign an https schema registry's"),
+)  # fmt: skip
+# flags that would carry a secret itself: refused, naming the file flag and variable
+_REFUSED_SECRET_FLAGS = {
+    "--sasl-password": ("--sasl-password-file", "ENFORCER_SASL_PASSWORD"),
+    "--ssl-key-password": ("--ssl-key-password-file", "ENFORCER_SSL_KEY_PASSWORD"),
+    "--schema-registry-password": (
+        "--schema-registry-password-file",
+        "ENFORCER_SCHEMA_REGISTRY_PASSWORD",
+    ),
+    "--schema-registry-token": ("--schema-registry-token-file", "(a file only)"),
+}
+
+
+def add_security_arguments(parser: argparse.ArgumentParser) -> None:
+    """The secured-cluster flags (docs/operations.md, "Secured clusters")."""
+    g = parser.add_argument_group("secured clusters")
+    for flag, attr, env, text in _SECURITY_FLAGS:
+        g.add_argument(flag, dest=attr, help=f"{text} [{env}]")
+    for flag in _REFUSED_SECRET_FLAGS:  # so that no abbreviation reaches a -file flag
+        g.add_argument(flag, dest=f"refused_{flag[2:].replace('-', '_')}", help=argparse.SUPPRESS)
+
+
+def read_secret_file(path: Path, flag: str) -> str:
+    """A secret from a file: one line, its line ending dropped; never in a message."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SettingsError(f"cannot read {flag} {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"{flag} {path} is not UTF-8 text") from None
+    value = text.removesuffix("\n").removesuffix("\r")
+    if not value:
+        raise SettingsError(f"{flag} {path} is empty")
+    if "\n" in value or "\r" in value:
+        raise SettingsError(f"{flag} {path} must hold one line")
+    return value
+
+
+def _security_from_args(args: argparse.Namespace) -> tuple[KafkaSecurity, RegistrySecurity]:
+    """The secured-cluster settings: flag over environment; each secret from its file
+    (flag or variable) or else from its variable."""
+    env = os.environ
+    for flag, (file_flag, variable) in _REFUSED_SECRET_FLAGS.items():
+        if getattr(args, f"refused_{flag[2:].replace('-', '_')}", None) is not None:
+            raise SettingsError(
+                f"{flag} is not accepted (a command line shows in the process list): use "
+                f"{file_flag} or {variable}"
+            )
+    value: dict[str, str | None] = {}
+    for _flag, attr, variable, _ in _SECURITY_FLAGS:
+        given = getattr(args, attr, None)
+        value[attr] = given if given not in (None, "") else (env.get(variable) or None)
+
+    def path(attr: str) -> Path | None:
+        return Path(value[attr]) if value[attr] else None
+
+    def secret(attr: str, flag: str, variable: str) -> Secret | None:
+        if value[attr]:
+            return Secret(read_secret_file(Path(value[attr]), flag))
+        raw = env.get(variable)
+        return Secret(raw) if raw else None
+
+    protocol = (value["security_protocol"] or "PLAINTEXT").upper()
+    mechanism = value["sasl_mechanism"]
+    kafka = KafkaSecurity(
+        protocol=protocol,
+        sasl_mechanism=mechanism.upper() if mechanism else None,
+        sasl_username=value["sasl_username"],
+        sasl_password=secret(
+            "sasl_password_file", "--sasl-password-file", "ENFORCER_SASL_PASSWORD"
+        ),
+        sasl_password_file=path("sasl_password_file"),
+        ssl_ca_file=path("ssl_ca_file"),
+        ssl_cert_file=path("ssl_cert_file"),
+        ssl_key_file=path("ssl_key_file"),
+        ssl_key_password=secret(
+            "ssl_key_password_file", "--ssl-key-password-file", "ENFORCER_SSL_KEY_PASSWORD"
+        ),
+        ssl_key_password_file=path("ssl_key_password_file"),
+    )
+    registry = RegistrySecurity(
+        user=value["schema_registry_user"],
+        password=secret(
+            "schema_registry_password_file",
+            "--schema-registry-password-file",
+            "ENFORCER_SCHEMA_REGISTRY_PASSWORD",
+        ),
+        password_file=path("schema_registry_password_file"),
+        token_file=path("schema_registry_token_file"),
+        ca_file=path("schema_registry_ca_file"),
+    )
+    return kafka, registry
 
 
 def from_args(args: argparse.Namespace) -> Settings:
@@ -379,6 +599,7 @@ def from_args(args: argparse.Namespace) -> Settings:
         consent_lookup_token_file=Path(str(lookup_token)) if lookup_token else None,
         advertised_url=str(advertised) if advertised else None,
         **topics,
+        **dict(zip(("security", "registry_security"), _security_from_args(args), strict=True)),
     )
     validate(settings)
     return settings
@@ -434,3 +655,107 @@ def validate(s: Settings) -> None:
         )
     if s.log_level not in ("debug", "info", "warn", "error"):
         raise SettingsError(f"ENFORCER_LOG_LEVEL must be debug, info, warn or error: {s.log_level}")
+    validate_security(s)
+
+
+def _readable(path: Path | None, flag: str) -> None:
+    if path is None:
+        return
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise SettingsError(f"cannot read {flag} {path}: {exc.strerror or exc}") from None
+
+
+def validate_security(s: Settings) -> None:
+    """Raise ``SettingsError`` for secured-cluster settings that cannot work: a missing
+    or unreadable file, a combination that makes no sense, TLS files that do not load."""
+    k = s.security
+    if k.protocol not in SECURITY_PROTOCOLS:
+        raise SettingsError(
+            f"--security-protocol must be one of {', '.join(SECURITY_PROTOCOLS)}, "
+            f"got {k.protocol[:40]!r}"
+        )
+    if k.sasl:
+        if k.mechanism not in SASL_MECHANISMS:
+            raise SettingsError(
+                f"--sasl-mechanism must be one of {', '.join(SASL_MECHANISMS)}, "
+                f"got {k.mechanism[:40]!r}"
+            )
+        if not k.sasl_username:
+            raise SettingsError(f"--security-protocol {k.protocol} needs --sasl-username")
+        if k.sasl_password is None:
+            raise SettingsError(
+                f"--security-protocol {k.protocol} needs a password: --sasl-password-file "
+                "or ENFORCER_SASL_PASSWORD"
+            )
+    else:
+        for given, what in (
+            (k.sasl_mechanism, "--sasl-mechanism"),
+            (k.sasl_username, "--sasl-username"),
+            (k.sasl_password, "a SASL password"),
+        ):
+            if given:
+                raise SettingsError(
+                    f"{what} needs --security-protocol SASL_SSL or SASL_PLAINTEXT "
+                    f"(it is {k.protocol})"
+                )
+    tls_files = (
+        (k.ssl_ca_file, "--ssl-ca-file"),
+        (k.ssl_cert_file, "--ssl-cert-file"),
+        (k.ssl_key_file, "--ssl-key-file"),
+        (k.ssl_key_password, "a key password"),
+    )
+    for given, what in tls_files:
+        if given and not k.tls:
+            raise SettingsError(
+                f"{what} needs --security-protocol SSL or SASL_SSL (it is {k.protocol})"
+            )
+    if bool(k.ssl_cert_file) != bool(k.ssl_key_file):
+        raise SettingsError("--ssl-cert-file and --ssl-key-file go together (mutual TLS)")
+    if k.ssl_key_password and not k.ssl_key_file:
+        raise SettingsError("a key password needs --ssl-key-file")
+    for path, flag in tls_files[:3]:
+        _readable(path, flag)
+    if k.tls:
+        try:
+            k.ssl_context()
+        except ssl.SSLError as exc:
+            raise SettingsError(
+                f"the TLS files do not load: {exc.reason or exc} ("
+                + (
+                    "is --ssl-key-file the key of --ssl-cert-file, and its password right?)"
+                    if k.ssl_cert_file
+                    else "does --ssl-ca-file hold PEM certificates?)"
+                )
+            ) from None
+    r = s.registry_security
+    if r.configured and not s.schema_registry_url:
+        raise SettingsError(
+            "the schema registry's authentication and CA need --schema-registry-url"
+        )
+    if bool(r.user) != bool(r.password):
+        raise SettingsError(
+            "--schema-registry-user needs a password (--schema-registry-password-file or "
+            "ENFORCER_SCHEMA_REGISTRY_PASSWORD), and a password needs the user"
+        )
+    if r.user and ":" in r.user:
+        raise SettingsError("--schema-registry-user must not contain ':'")
+    if r.user and r.token_file:
+        raise SettingsError(
+            "the schema registry takes basic (user) or bearer (token) authentication, not both"
+        )
+    if r.token_file:
+        read_secret_file(r.token_file, "--schema-registry-token-file")
+    if r.ca_file:
+        if not str(s.schema_registry_url).startswith("https://"):
+            raise SettingsError("--schema-registry-ca-file needs an https:// --schema-registry-url")
+        _readable(r.ca_file, "--schema-registry-ca-file")
+        try:
+            ssl.create_default_context(cafile=str(r.ca_file))
+        except ssl.SSLError as exc:
+            raise SettingsError(
+                f"--schema-registry-ca-file {r.ca_file} holds no usable PEM certificate: "
+                f"{exc.reason or exc}"
+            ) from None

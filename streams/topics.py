@@ -22,6 +22,8 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
+from . import connection
+from .connection import QUIET, command_config, librdkafka_config
 from .settings import Settings, SettingsError
 
 TABLES = ("consent", "ledger")
@@ -76,40 +78,57 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     return specs
 
 
-def admin_client(settings: Settings) -> AdminClient:
-    """An admin client that fails fast when the broker cannot be reached."""
-    return AdminClient(
-        {
-            "bootstrap.servers": settings.bootstrap_servers,
-            "socket.connection.setup.timeout.ms": 5000,
-            "log_level": 0,
-            "logger": _QuietLogger(),
-        }
-    )
-
-
-class _QuietLogger:
-    """Swallows librdkafka's connection-refused chatter; errors surface as exceptions."""
-
-    def log(self, *args: object, **kwargs: object) -> None:
-        pass
-
-    def debug(self, *args: object, **kwargs: object) -> None:
-        pass
-
-    info = warning = error = critical = exception = debug
+def admin_client(settings: Settings, *, command: bool = False) -> AdminClient:
+    """An admin client that fails fast when the broker cannot be reached, and prints
+    nothing itself. A ``command``'s (a one-shot command's, or the worker's checks at
+    start) stops with one line when the cluster refuses its login or certificate
+    (``describe`` serves that); the worker's long-lived ones, never polled, do not
+    collect errors."""
+    role = {"socket.connection.setup.timeout.ms": 5000}
+    if command:
+        return AdminClient(command_config(settings, role))
+    return AdminClient({**librdkafka_config(settings, role), "log_level": 0, "logger": QUIET})
 
 
 def describe(admin: AdminClient, settings: Settings, timeout: float = 10.0) -> dict[str, int]:
-    """Topic name -> partition count; raises ``SettingsError`` if the broker is unreachable."""
-    try:
-        metadata = admin.list_topics(timeout=timeout)
-    except KafkaException as exc:
-        raise SettingsError(
-            f"cannot reach Kafka at {settings.bootstrap_servers}: "
-            f"{exc.args[0].str() if exc.args else exc}"
-        ) from None
+    """Topic name -> partition count (of the topics the principal may describe); raises
+    ``SettingsError`` if the broker is unreachable, ``KafkaAccessError`` at once when it
+    refuses the login or the certificate."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            metadata = admin.list_topics(timeout=min(1.0, max(0.1, deadline - time.monotonic())))
+            break
+        except KafkaException as exc:
+            admin.poll(0)  # serves error_cb: a refused login or certificate raises here
+            if time.monotonic() >= deadline:
+                raise SettingsError(
+                    f"cannot reach Kafka at {settings.bootstrap_servers}: "
+                    f"{exc.args[0].str() if exc.args else exc}"
+                ) from None
     return {name: len(t.partitions) for name, t in metadata.topics.items() if t.error is None}
+
+
+def topic_names(settings: Settings) -> list[str]:
+    """Every topic the enforcer uses."""
+    return [spec.name for spec in topic_specs(settings)]
+
+
+def preflight(settings: Settings, command: str) -> dict[str, int]:
+    """Before a command uses the cluster: reach it (one line when it cannot, or refuses
+    the login or certificate) and check the ACLs the command needs; the topics."""
+    admin = admin_client(settings, command=True)
+    existing = describe(admin, settings)
+    check_access(settings, command, admin)
+    return existing
+
+
+def check_access(settings: Settings, command: str, admin: AdminClient | None = None) -> None:
+    """Stop with one line when the principal lacks an ACL ``command`` needs
+    (``connection.check_access``)."""
+    connection.check_access(
+        admin or admin_client(settings, command=True), settings, command, topic_names(settings)
+    )
 
 
 def broker_count(admin: AdminClient) -> int:
@@ -141,7 +160,7 @@ def ensure_topics(settings: Settings, *, create_inputs: bool) -> list[str]:
     Inputs are only created when asked (``topics create``): a worker pointed at a
     misspelt input topic stops instead of waiting on an empty one.
     """
-    admin = admin_client(settings)
+    admin = admin_client(settings, command=True)
     existing = describe(admin, settings)
     check_partitions(existing, settings)
     missing_inputs = [t for t in settings.input_topics if t not in existing]

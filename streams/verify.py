@@ -43,6 +43,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .connection import VERIFY_GROUP, command_config, raise_if_denied, registry_config
+from .topics import preflight
+
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 DEFAULT_POLICY = Path(__file__).resolve().parent / "default_policy.toml"
 PLATFORMS = ("FACEBOOK", "INSTAGRAM")
@@ -519,19 +522,22 @@ class Tail:
     """Every partition of some topics from the beginning; ``catch_up`` reads up to the
     ends as they are when it is called, and feeds each record to a ``Checker``."""
 
-    def __init__(self, bootstrap: str, topics: list[str], config: dict | None = None) -> None:
+    def __init__(self, settings: Any, topics: list[str], config: dict | None = None) -> None:
         from confluent_kafka import Consumer, TopicPartition
 
         self._tp = TopicPartition
+        self.settings = settings
         self.consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": "enforcer-verify",
-                "enable.auto.commit": False,
-                "enable.partition.eof": False,
-                "isolation.level": "read_committed",
-                **(config or {}),
-            }
+            command_config(
+                settings,
+                {
+                    "group.id": VERIFY_GROUP,
+                    "enable.auto.commit": False,
+                    "enable.partition.eof": False,
+                    "isolation.level": "read_committed",
+                    **(config or {}),
+                },
+            )
         )
         self.topics = topics
         self.positions: dict[tuple[str, int], int] = {}
@@ -564,6 +570,7 @@ class Tail:
         while ends and time.monotonic() < deadline:
             for m in self.consumer.consume(10000, timeout=0.5):
                 if m.error():
+                    raise_if_denied(m.error(), self.settings)
                     continue
                 tp = (m.topic(), m.partition())
                 self.positions[tp] = m.offset() + 1
@@ -690,11 +697,12 @@ def run(
     import sys
 
     out = out or sys.stdout
+    preflight(settings, "verify")
     registry = None
     if settings.schema_registry_url:
         from confluent_kafka.schema_registry import SchemaRegistryClient
 
-        registry = SchemaRegistryClient({"url": settings.schema_registry_url})
+        registry = SchemaRegistryClient(registry_config(settings))
     topics = Topics.of(settings)
     checker = Checker(
         topics,
@@ -704,7 +712,7 @@ def run(
         end_ms,
         int(grace_s * 1000),
     )
-    tail = Tail(settings.bootstrap_servers, order_of_reading(topics))
+    tail = Tail(settings, order_of_reading(topics))
     try:
         if not follow:
             tail.catch_up(checker)

@@ -23,6 +23,7 @@ from faust.types import TP
 from . import faust_compat
 from .agents import Processor
 from .codec import Codec
+from .connection import faust_connection
 from .ledger import ForeignChangelogWrite, TableState, without_wal
 from .lookup import install_consent_lookup
 from .metrics import Metrics, gate_lags
@@ -150,7 +151,7 @@ def _fence_before_recovery(
 def faust_settings(settings: Settings, replication_factor: int) -> dict[str, Any]:
     """Faust configuration for the worker; every choice here is deliberate."""
     return {
-        "broker": f"kafka://{settings.bootstrap_servers.replace(',', ';')}",
+        **faust_connection(settings),  # broker and credentials (connection.py)
         "store": "rocksdb://",
         "datadir": str(settings.data_dir),
         "topic_partitions": settings.partitions,

@@ -15,6 +15,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import KafkaError, KafkaException
+
+from .connection import kafka_failure, registry_config
 from .policy import PolicyError, load_policy
 from .settings import Settings, SettingsError, add_common_arguments, from_args
 
@@ -46,11 +49,7 @@ def make_codec(settings: Settings, registry_errors: Any = None):
     from confluent_kafka.schema_registry import SchemaRegistryClient
 
     client = SchemaRegistryClient.new_client(
-        {
-            "url": settings.schema_registry_url,
-            "timeout": REGISTRY_REQUEST_TIMEOUT,
-            "max.retries": 0,
-        }
+        {**registry_config(settings), "timeout": REGISTRY_REQUEST_TIMEOUT, "max.retries": 0}
     )
     return Codec(client, registry_errors=registry_errors)
 
@@ -126,12 +125,13 @@ def cmd_worker(settings: Settings) -> int:
     except faust_compat.MissingInternals as exc:
         raise CliError(str(exc)) from None
     from .app import build
-    from .topics import admin_client, ensure_topics, replication_factor
+    from .topics import admin_client, ensure_topics, preflight, replication_factor
 
     policy = load_policy(settings.policy_path)
     codec = make_codec(settings)
     _check_data_dir(settings.data_dir)
     _check_port(settings.web_host, settings.web_port)
+    preflight(settings, "worker")  # the cluster answers, and grants the worker's ACLs
     ensure_topics(settings, create_inputs=False)
     rf = replication_factor(admin_client(settings), settings)
     register_output_schemas(codec, settings)
@@ -191,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return operator_cli.run(args, settings)
     except (SettingsError, PolicyError, CliError) as exc:
         return _fail(str(exc))
+    except (KafkaException, KafkaError) as exc:  # a client call failed: one line, no trace
+        return _fail(kafka_failure(exc, settings))
     except KeyboardInterrupt:
         return 130
 

@@ -42,6 +42,7 @@ from confluent_kafka.admin import AdminClient
 
 from bench.run import broker, free_port, machine, say, settings_for, topic_flags, versions
 from streams.codec import Codec
+from streams.connection import librdkafka_config
 from streams.consent import ALL, ConsentState, Mark, encode_state
 from streams.ledger import entry_key
 from streams.records import partition_for_user
@@ -227,7 +228,7 @@ class Trickle(threading.Thread):
         self.stop_event = threading.Event()
 
     def run(self) -> None:
-        producer = Producer({"bootstrap.servers": self.s.bootstrap_servers, "linger.ms": 5})
+        producer = Producer(librdkafka_config(self.s, {"linger.ms": 5}))
         started = time.monotonic()
         n = 0
         while not self.stop_event.is_set():
@@ -265,12 +266,14 @@ class Decisions(threading.Thread):
     def __init__(self, s: Settings) -> None:
         super().__init__(daemon=True)
         self.consumer = Consumer(
-            {
-                "bootstrap.servers": s.bootstrap_servers,
-                "group.id": f"failover-reader-{time.time_ns()}",
-                "enable.auto.commit": False,
-                "fetch.wait.max.ms": 20,
-            }
+            librdkafka_config(
+                s,
+                {
+                    "group.id": f"failover-reader-{time.time_ns()}",
+                    "enable.auto.commit": False,
+                    "fetch.wait.max.ms": 20,
+                },
+            )
         )
         tps = [TopicPartition(s.decisions_topic, p) for p in range(PARTITIONS)]
         for tp in tps:
@@ -303,7 +306,7 @@ def assignment(admin: AdminClient, s: Settings) -> dict[str, list[int]]:
 
 
 def admin_consumer(s: Settings) -> Consumer:
-    return Consumer({"bootstrap.servers": s.bootstrap_servers, "group.id": "failover-sizes"})
+    return Consumer(librdkafka_config(s, {"group.id": "failover-sizes"}))
 
 
 def changelog_size(consumer: Consumer, s: Settings, partitions: list[int]) -> int:

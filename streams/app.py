@@ -165,6 +165,8 @@ def faust_settings(settings: Settings, replication_factor: int) -> dict[str, Any
         "producer_linger": 0.002,
         "producer_max_batch_size": 256 * 1024,
         "broker_commit_interval": 1.0,
+        "broker_session_timeout": float(settings.session_timeout_s),
+        "broker_heartbeat_interval": min(3.0, settings.session_timeout_s / 3),
         "broker_max_poll_records": 2000,
         "stream_buffer_maxsize": 8192,
         "stream_wait_empty": True,

@@ -195,6 +195,10 @@ class Settings:
     # Faust keeps at most one per other worker, so with a single worker this costs
     # nothing
     standby_replicas: int = 1
+    # the gate's consumer group session timeout: how long a killed worker's partitions
+    # wait before they move (static members never leave the group by themselves); a
+    # worker paused for longer (GC, a frozen VM) loses them and is fenced
+    session_timeout_s: int = 60
     # how long tombstones stay on training-ingest for downstream consumers to see, and
     # how long the DLQ (which holds post content) keeps records
     tombstone_retention_ms: int = 7 * 86_400_000
@@ -360,6 +364,14 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="standby copies of each table partition on other workers (0-3; Faust keeps "
         "at most one per other worker) [ENFORCER_STANDBY_REPLICAS, default 1]",
+    )
+    g.add_argument(
+        "--session-timeout",
+        type=int,
+        dest="session_timeout_s",
+        help="seconds before a silent worker's partitions move to another worker (6-300; "
+        "shorter: faster failover, more rebalances on a pause) "
+        "[ENFORCER_SESSION_TIMEOUT, default 60]",
     )
     g.add_argument(
         "--tombstone-retention-ms",
@@ -593,6 +605,7 @@ def from_args(args: argparse.Namespace) -> Settings:
         accept_data_loss=accept,
         fencing=fencing,
         standby_replicas=number("standby_replicas", "ENFORCER_STANDBY_REPLICAS"),
+        session_timeout_s=number("session_timeout_s", "ENFORCER_SESSION_TIMEOUT"),
         tombstone_retention_ms=number("tombstone_retention_ms", "ENFORCER_TOMBSTONE_RETENTION_MS"),
         dlq_retention_ms=number("dlq_retention_ms", "ENFORCER_DLQ_RETENTION_MS"),
         audit_retention_ms=number("audit_retention_ms", "ENFORCER_AUDIT_RETENTION_MS"),
@@ -633,6 +646,10 @@ def validate(s: Settings) -> None:
         )
     if not 0 <= s.standby_replicas <= 3:
         raise SettingsError(f"--standby-replicas must be between 0 and 3, got {s.standby_replicas}")
+    if not 6 <= s.session_timeout_s <= 300:  # the broker's default group session bounds
+        raise SettingsError(
+            f"--session-timeout must be between 6 and 300 seconds, got {s.session_timeout_s}"
+        )
     if s.tombstone_retention_ms < 0:
         raise SettingsError("--tombstone-retention-ms must not be negative")
     if s.audit_retention_ms < -1 or 0 <= s.audit_retention_ms < 3_600_000:

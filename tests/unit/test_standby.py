@@ -48,6 +48,24 @@ def test_standby_replicas_out_of_range_is_one_line(value, monkeypatch):
         _settings()
 
 
+def test_session_timeout_defaults_to_60_s_and_reaches_faust(monkeypatch):
+    monkeypatch.delenv("ENFORCER_SESSION_TIMEOUT", raising=False)
+    config = faust_settings(_settings(), 1)
+    assert (config["broker_session_timeout"], config["broker_heartbeat_interval"]) == (60.0, 3.0)
+    config = faust_settings(_settings("--session-timeout", "6"), 1)
+    assert (config["broker_session_timeout"], config["broker_heartbeat_interval"]) == (6.0, 2.0)
+    monkeypatch.setenv("ENFORCER_SESSION_TIMEOUT", "15")
+    assert _settings().session_timeout_s == 15
+    assert _settings("--session-timeout", "20").session_timeout_s == 20  # flag wins
+
+
+@pytest.mark.parametrize("value", ["5", "301"])
+def test_session_timeout_out_of_range_is_one_line(value, monkeypatch):
+    monkeypatch.delenv("ENFORCER_SESSION_TIMEOUT", raising=False)
+    with pytest.raises(SettingsError, match=r"^--session-timeout must be between 6 and 300"):
+        _settings("--session-timeout", value)
+
+
 def _assign(clients: int, replicas: int, partitions: int = 8) -> dict:
     cluster = {f"w{i}": CopartitionedAssignment(topics={"t"}) for i in range(clients)}
     return CopartitionedAssignor(

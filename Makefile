@@ -14,8 +14,9 @@ PYTEST_ARGS ?=
 demo: setup
 	$(VENV)/bin/enforcer demo $(DEMO_ARGS)
 
-## make test: set up, then the whole test suite against a real Kafka broker
-test: setup $(PEER_STAMP)
+## make test: set up, lint and type-check (make lint), then the whole test suite against
+## a real Kafka broker
+test: setup lint $(PEER_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## make unit: only the tests that need no broker
@@ -47,8 +48,12 @@ $(PEER_STAMP): pyproject.toml
 	$(PEER_VENV)/bin/pip install -q --no-deps -e .
 	touch $(PEER_STAMP)
 
+## make lint: ruff (lint and formatting) and mypy (pyproject.toml: strict on the core and
+## serialization), in seconds
 lint: setup
 	$(VENV)/bin/ruff check streams tests bench
+	$(VENV)/bin/ruff format --check streams tests bench
+	$(VENV)/bin/mypy
 
 setup: $(STAMP) broker-jars
 

@@ -357,11 +357,11 @@ class Processor:
                 (SRC_OFFSET, str(offset).encode()),
             ]
         else:  # another internal record (a replay request): where it was read
-            headers, own, key = dict(message.headers or ()), (), message.key
+            received, own, key = dict(message.headers or ()), (), message.key
             source = [
-                (SRC_TOPIC, headers.get(SRC_TOPIC, message.topic.encode())),
-                (SRC_PARTITION, headers.get(SRC_PARTITION, str(message.partition).encode())),
-                (SRC_OFFSET, headers.get(SRC_OFFSET, str(message.offset).encode())),
+                (SRC_TOPIC, received.get(SRC_TOPIC, message.topic.encode())),
+                (SRC_PARTITION, received.get(SRC_PARTITION, str(message.partition).encode())),
+                (SRC_OFFSET, received.get(SRC_OFFSET, str(message.offset).encode())),
             ]
         self.metrics.dlq[source[0][1].decode("utf-8", "replace")] += 1
         log.warning("DLQ %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason)
@@ -483,7 +483,10 @@ class Processor:
             training = splices[0](data, starts, *training_values(policy, now))
             # in the ledger before it is published, so that it is always retractable
             self.ledger.add(partition, user_id, post_id, platform)
-            outputs = ((s.training_topic, training), (s.decisions_topic, decision))
+            outputs: tuple[tuple[str, Any], ...] = (
+                (s.training_topic, training),
+                (s.decisions_topic, decision),
+            )
         else:
             outputs = ((s.decisions_topic, decision),)
         try:

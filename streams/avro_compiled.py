@@ -135,7 +135,7 @@ def _kind(node: Any, named: Mapping[str, Any]) -> str | None:
         if t == "array" and _kind(node["items"], named) in _PRIMITIVES | {"enum"}:
             return "array"
         if t in _PRIMITIVES and len(node) == 1:
-            return t
+            return str(t)
         return None
     if isinstance(node, list):
         kinds = [_kind(branch, named) for branch in node]
@@ -329,7 +329,8 @@ def compile_reader(
     }
     namespace.update(src.constants)
     exec(compile("\n".join(src.lines), f"<avro reader {schema.get('name')}>", "exec"), namespace)
-    return namespace["read"]
+    read: Reader = namespace["read"]
+    return read
 
 
 def _bad_length(n: int) -> Exception:
@@ -410,7 +411,10 @@ def compile_writer(schema: Mapping[str, Any]) -> Writer | None:
             src.line(1, f"{value} = record[{f['name']!r}]")
         _write_field(src, f["type"], value)
     src.line(1, "return b''.join(parts)")
-    return _compiled(src, f"<avro writer {schema.get('name')}>", "write")
+    write: Callable[[Mapping[str, Any]], bytes] = _compiled(
+        src, f"<avro writer {schema.get('name')}>", "write"
+    )
+    return write
 
 
 def _write_field(src: _Source, node: Any, value: str) -> None:

@@ -191,7 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return operator_cli.run(args, settings)
     except (SettingsError, PolicyError, CliError) as exc:
         return _fail(str(exc))
-    except (KafkaException, KafkaError) as exc:  # a client call failed: one line, no trace
+    # a client call failed: one line, no trace (KafkaError is raisable, though not typed so)
+    except (KafkaException, KafkaError) as exc:  # type: ignore[misc]
         return _fail(kafka_failure(exc, settings))
     except KeyboardInterrupt:
         return 130

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import fastavro
 from fastavro.schema import to_parsing_canonical_form
@@ -172,7 +172,7 @@ def crc64_avro(data: bytes) -> int:
     return fp
 
 
-def fingerprint(parsed_schema: Mapping[str, Any]) -> bytes:
+def fingerprint(parsed_schema: dict[str, Any]) -> bytes:
     """The 8-byte little-endian CRC-64-AVRO fingerprint of a schema's canonical form."""
     canonical = to_parsing_canonical_form(parsed_schema)
     return struct.pack("<Q", crc64_avro(canonical.encode("utf-8")))
@@ -214,7 +214,9 @@ def load_schemas(
     files = sorted(directory.glob("*.avsc")) + sorted(directory.glob("history/*.avsc"))
     for path in files:
         text = path.read_text()
-        parsed = fastavro.parse_schema(_without_logical_types(json.loads(text)))
+        parsed = cast(
+            "dict[str, Any]", fastavro.parse_schema(_without_logical_types(json.loads(text)))
+        )
         name = _short_name(parsed["name"])
         version = SchemaVersion(name, parsed, fingerprint(parsed), path.name, text)
         every.append(version)
@@ -242,7 +244,7 @@ class Codec:
         self.current, self.versions = load_schemas(directory)
         self._by_fingerprint: dict[bytes, SchemaVersion] = {v.fingerprint: v for v in self.versions}
         self._by_header = {SINGLE_OBJECT_MAGIC + v.fingerprint: v for v in self.versions}
-        self._registry = registry
+        self._registry: Any = registry
         self.registry_errors = Tally() if registry_errors is None else registry_errors
         self._registry_paused_until = 0.0  # after a failed call: see REGISTRY_PAUSE
         self._registry_failure = ""
@@ -394,7 +396,7 @@ class Codec:
             raise DecodeError(f"unknown schema id {schema_id}: {exc}") from None
         try:
             raw = _without_logical_types(json.loads(registered.schema_str))
-            parsed = fastavro.parse_schema(raw)
+            parsed = cast("dict[str, Any]", fastavro.parse_schema(raw))
         except Exception as exc:
             raise DecodeError(f"schema id {schema_id} is not a usable Avro schema: {exc}") from None
         version = SchemaVersion(
@@ -404,7 +406,11 @@ class Codec:
         return version
 
     def _ask_registry(
-        self, what: str, call: Callable[..., Any], args: tuple, definite: Callable[..., bool]
+        self,
+        what: str,
+        call: Callable[..., Any],
+        args: tuple[Any, ...],
+        definite: Callable[..., bool],
     ) -> Any:
         """``call(*args)`` on the registry client; an exception that ``definite`` accepts
         (an answer) is raised as is, any other is retried (REGISTRY_DELAYS, within
@@ -447,7 +453,7 @@ class Codec:
             return self.decode(data, expect)[1].get("user_id")
         return _read_datum(prefix, data, start, version.name)[0]["user_id"]
 
-    def scan(self, data: bytes, expect: str) -> tuple[tuple, tuple[int, ...]] | None:
+    def scan(self, data: bytes, expect: str) -> tuple[tuple[Any, ...], tuple[int, ...]] | None:
         """An ``expect`` record's field values (a tuple in the order of ``field_names``)
         and where each field starts in ``data`` (the last entry is the end), for records
         written with the current schema; None for other versions, and for bytes that
@@ -456,13 +462,16 @@ class Codec:
         Raises ``DecodeError`` exactly as ``decode`` does."""
         try:
             current = self._scan_current.get(expect)
+            scanned: tuple[tuple[Any, ...], tuple[int, ...]]
             if current is not None and data[:10] == current[0]:  # the common case
-                return _read_whole(current[1], data, 10, expect)
+                scanned = _read_whole(current[1], data, 10, expect)
+                return scanned
             version, start = self._writer_expecting(data, expect)
             scanner = self._scanners.get(version.fingerprint)
             if scanner is None or self.current[expect].fingerprint != version.fingerprint:
                 return None
-            return _read_whole(scanner, data, start, version.name)
+            scanned = _read_whole(scanner, data, start, version.name)
+            return scanned
         except NonCanonical:
             return None
 
@@ -493,22 +502,22 @@ def _fastavro_reader(writer: SchemaVersion, reader: SchemaVersion) -> Reader:
     of bytes a compiled reader of the writer schema accepts, where it compiles
     (fastavro reads varints of any length and ints beyond 32 bits)."""
     resolve_into = None if reader.fingerprint == writer.fingerprint else reader.parsed
-    check = _CHECKERS.get(writer.fingerprint, _CHECKERS)
-    if check is _CHECKERS:
-        check = _CHECKERS[writer.fingerprint] = compile_reader(writer.parsed)
+    if writer.fingerprint not in _CHECKERS:
+        _CHECKERS[writer.fingerprint] = compile_reader(writer.parsed)
+    check = _CHECKERS[writer.fingerprint]
 
     def read(data: bytes, pos: int) -> tuple[dict[str, Any], int]:
         if check is not None:
             check(data, pos)
         buf = io.BytesIO(data)
         buf.seek(pos)
-        datum = fastavro.schemaless_reader(buf, writer.parsed, resolve_into)
+        datum = cast("dict[str, Any]", fastavro.schemaless_reader(buf, writer.parsed, resolve_into))
         return datum, buf.tell()
 
     return read
 
 
-def _read_datum(reader: Reader, data: bytes, start: int, name: str) -> tuple[dict, int]:
+def _read_datum(reader: Reader, data: bytes, start: int, name: str) -> tuple[dict[str, Any], int]:
     """Run a reader (compiled or fastavro); anything it raises becomes the DLQ reason."""
     try:
         return reader(data, start)

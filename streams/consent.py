@@ -124,7 +124,7 @@ def encode_state(state: ConsentState) -> bytes:
     ).encode()
 
 
-def _mark_fields(mark: Mark) -> list:
+def _mark_fields(mark: Mark) -> list[Any]:
     fields = [mark.occurred_at, int(mark.objected), mark.event_id]
     return fields if mark.applied_at is None else [*fields, mark.applied_at]
 

@@ -293,7 +293,7 @@ def require() -> None:
 
 
 # -- the gate's consumer: Faust's transport and consumer classes, subclassed ---------
-class GateConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: ignore[misc]
+class GateConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """Faust's consumer thread with the gate's fetch settings.
 
     Faust hard-codes ``fetch_max_wait_ms=1500`` for its worker consumer. Its fetch
@@ -317,7 +317,7 @@ class GateConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: ignore
         return consumer
 
 
-class GateConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
+class GateConsumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer with the gate's dispatch (the app's only consumer)."""
 
     #: called with each fetched batch (topic partition -> records) before Faust sees it;
@@ -353,7 +353,7 @@ class GateConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
         return await super().wait_first(*coros, timeout=timeout)
 
 
-class GateTransport(faust_aiokafka.Transport):  # type: ignore[misc]
+class GateTransport(faust_aiokafka.Transport):
     """Faust's aiokafka transport, making a ``GateConsumer`` with these settings."""
 
     Consumer = GateConsumer

@@ -51,7 +51,8 @@ class ChangelogBackedOptions(RocksDBOptions):
         db = super().open(path, read_only=read_only)
         if self.use_rocksdict and not read_only:
             options = rocksdict.WriteOptions()
-            options.disable_wal = True
+            # a property at run time (rocksdict's stub declares a method)
+            options.disable_wal = True  # type: ignore[method-assign,assignment]
             db.set_write_options(options)
         return db
 

@@ -43,7 +43,7 @@ _SOURCE_HEAD = struct.Struct(">cBIqH")
 _KIND_CODES = {KIND_POST: b"p", KIND_OBJECTION: b"o"}
 _KINDS = {code: kind for kind, code in _KIND_CODES.items()}
 
-Forwarded = tuple[Sequence, bytes, str, int, int, bytes | None]
+Forwarded = tuple[Sequence[Any], bytes, str, int, int, bytes | None]
 
 
 def source_prefix(kind: bytes, topic: str, partition: int) -> tuple[bytes, bytes, bytes]:
@@ -134,10 +134,11 @@ def check_objection(event: Mapping[str, Any]) -> None:
 
 def partition_for_user(user_key: bytes, partitions: int) -> int:
     """The internal partition of a user: ``murmur2(key) & 0x7fffffff % partitions``."""
-    return (murmur2(user_key) & 0x7FFFFFFF) % partitions
+    hashed: int = murmur2(user_key)
+    return (hashed & 0x7FFFFFFF) % partitions
 
 
-def dlq_record_size(key: bytes | None, value: bytes | None, headers: Sequence) -> int:
+def dlq_record_size(key: bytes | None, value: bytes | None, headers: Sequence[Any]) -> int:
     """An upper bound of a DLQ record's size as the producer counts it."""
     return (
         RECORD_FRAMING

@@ -535,7 +535,7 @@ class Rekeyer:
         except Exception as exc:  # never let one record stop the worker
             self._dlq(msg, producer, f"cannot read record: {type(exc).__name__}")
             return
-        own = msg.headers()
+        own: Any = msg.headers()  # a list of (name, bytes) pairs or None
         size = dlq_record_size(user_id.encode(), value, own or ())
         if size > self.settings.max_record_bytes - SOURCE_HEADER_BYTES:
             self._dlq(msg, producer, f"record too large: {size} bytes")

@@ -260,7 +260,7 @@ def _send_requests(
 
     for value, user_id, partition, offset, topic in selected:
         key = user_id.encode("utf-8")
-        headers = [
+        headers: list[tuple[str, str | bytes | None]] = [
             (KIND, KIND_REPLAY),
             (REPLAY_ID, plan.replay_id.encode()),
             (REPLAY_DRY_RUN, b"1" if plan.dry_run else b"0"),

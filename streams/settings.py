@@ -13,6 +13,7 @@ import re
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 DEFAULT_APP_ID = "objection-enforcer"
@@ -471,6 +472,12 @@ def read_secret_file(path: Path, flag: str) -> str:
     return value
 
 
+def _security_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """``security`` and ``registry_security`` of ``Settings`` (``_security_from_args``)."""
+    security, registry_security = _security_from_args(args)
+    return {"security": security, "registry_security": registry_security}
+
+
 def _security_from_args(args: argparse.Namespace) -> tuple[KafkaSecurity, RegistrySecurity]:
     """The secured-cluster settings: flag over environment; each secret from its file
     (flag or variable) or else from its variable."""
@@ -580,7 +587,7 @@ def from_args(args: argparse.Namespace) -> Settings:
         getattr(args, "consent_lookup_token_file", None), "ENFORCER_CONSENT_LOOKUP_TOKEN_FILE", None
     )
     advertised = pick(getattr(args, "advertised_url", None), "ENFORCER_ADVERTISED_URL", None)
-    topics = {
+    topics: dict[str, Any] = {
         attr: str(pick(getattr(args, attr), env_name, default))
         for attr, (_, env_name, default) in TOPIC_FLAGS.items()
     }
@@ -595,7 +602,9 @@ def from_args(args: argparse.Namespace) -> Settings:
         web_port=DEFAULT_WEB_PORT if web_port is None else web_port,
         partitions=DEFAULT_PARTITIONS if partitions is None else partitions,
         replication_factor=rf,
-        schema_registry_url=pick(args.schema_registry_url, "ENFORCER_SCHEMA_REGISTRY_URL", None),
+        schema_registry_url=cast(
+            "str | None", pick(args.schema_registry_url, "ENFORCER_SCHEMA_REGISTRY_URL", None)
+        ),
         log_level=str(pick(args.log_level, "ENFORCER_LOG_LEVEL", "info")),
         linger_ms=Settings.linger_ms if linger is None else linger,
         fetch_min_bytes=Settings.fetch_min_bytes if min_bytes is None else min_bytes,
@@ -612,7 +621,7 @@ def from_args(args: argparse.Namespace) -> Settings:
         consent_lookup_token_file=Path(str(lookup_token)) if lookup_token else None,
         advertised_url=str(advertised) if advertised else None,
         **topics,
-        **dict(zip(("security", "registry_security"), _security_from_args(args), strict=True)),
+        **_security_fields(args),
     )
     validate(settings)
     return settings
@@ -724,8 +733,8 @@ def validate_security(s: Settings) -> None:
         (k.ssl_key_file, "--ssl-key-file"),
         (k.ssl_key_password, "a key password"),
     )
-    for given, what in tls_files:
-        if given and not k.tls:
+    for tls_file, what in tls_files:
+        if tls_file and not k.tls:
             raise SettingsError(
                 f"{what} needs --security-protocol SSL or SASL_SSL (it is {k.protocol})"
             )

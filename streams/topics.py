@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import (
@@ -87,7 +88,8 @@ def admin_client(settings: Settings, *, command: bool = False) -> AdminClient:
     role = {"socket.connection.setup.timeout.ms": 5000}
     if command:
         return AdminClient(command_config(settings, role))
-    return AdminClient({**librdkafka_config(settings, role), "log_level": 0, "logger": QUIET})
+    config: dict[str, Any] = {**librdkafka_config(settings, role), "log_level": 0, "logger": QUIET}
+    return AdminClient(config)
 
 
 def describe(admin: AdminClient, settings: Settings, timeout: float = 10.0) -> dict[str, int]:

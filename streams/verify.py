@@ -73,7 +73,7 @@ class Decoder:
         self.writers: dict[bytes, tuple[str, Any]] = {}
         paths = sorted(directory.glob("*.avsc")) + sorted(directory.glob("history/*.avsc"))
         for path in paths:
-            parsed = fastavro.parse_schema(strip(json.loads(path.read_text())))
+            parsed: Any = fastavro.parse_schema(strip(json.loads(path.read_text())))
             name = parsed["name"].rsplit(".", 1)[-1]
             canonical = to_parsing_canonical_form(parsed)
             fp = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
@@ -100,7 +100,7 @@ class Decoder:
                 return None
             buf = io.BytesIO(data)
             buf.seek(start)
-            record = self._fastavro.schemaless_reader(buf, writer[1], self.current[expect])
+            record: Any = self._fastavro.schemaless_reader(buf, writer[1], self.current[expect])
             return record if buf.tell() == len(data) else None
         except Exception:
             return None
@@ -108,7 +108,7 @@ class Decoder:
     def _registered(self, schema_id: int) -> tuple[str, Any] | None:
         if schema_id not in self._by_id:
             text = self.registry.get_schema(schema_id).schema_str
-            parsed = self._fastavro.parse_schema(self._strip(json.loads(text)))
+            parsed: Any = self._fastavro.parse_schema(self._strip(json.loads(text)))
             self._by_id[schema_id] = (parsed["name"].rsplit(".", 1)[-1], parsed)
         return self._by_id[schema_id]
 
@@ -442,10 +442,10 @@ class Checker:
         event_time: dict[str, int] = {}
         for steps in timelines.values():
             for _, r, _ in steps:
-                src = self.inputs.get(
+                read = self.inputs.get(
                     (r["source_topic"], r["source_partition"], r["source_offset"])
                 )
-                event_time[r["event_id"]] = src[0] if src else r["_ts"]
+                event_time[r["event_id"]] = read[0] if read else r["_ts"]
         for post_id, history in self.training.items():
             ts, record = history[-1]
             if record is None:

@@ -249,6 +249,8 @@ class Acl:
     names: tuple[str, ...]
     operations: tuple[str, ...]
     why: str
+    # a setting without which the command does not use the resource (check_access)
+    only_with: str | None = None
 
 
 # the group ids of the commands that read without joining a group (librdkafka looks
@@ -285,13 +287,15 @@ def required_acls(settings: Settings) -> list[Acl]:
             "the gate deletes processed records; its retention is checked at start",
         ),
         Acl("worker", "group", "literal", (a,), ("READ",), "the gate's group (Faust)"),
+        Acl("worker", "group", "literal", (f"{a}-rekey",), ("READ",), "the re-keying stage"),
         Acl(
             "worker",
             "group",
             "literal",
-            (f"{a}-rekey", f"{a}-endpoints-reader"),
+            (f"{a}-endpoints-reader",),
             ("READ",),
-            "the re-keying stage; the consent lookup's endpoints reader",
+            "the consent lookup's endpoints reader (only with --consent-lookup-token-file)",
+            only_with="consent_lookup_token_file",
         ),
         Acl(
             "worker",
@@ -374,6 +378,8 @@ def check_access(
     known_topics = list(known_topics)
     for acl in required_acls(settings):
         if acl.command != command or acl.resource == "transactional-id":
+            continue
+        if acl.only_with and not getattr(settings, acl.only_with):
             continue
         if acl.resource == "topic":
             for name in acl.names:

@@ -311,3 +311,73 @@ def test_operations_md_lists_the_acls_the_code_checks() -> None:
     text = (ROOT / "docs" / "operations.md").read_text()
     block = text.split("<!-- acls:begin -->\n", 1)[1].split("\n<!-- acls:end -->", 1)[0]
     assert block == render_acl_table(Settings(app_id="<app-id>"))
+
+
+# -- the check of a command's ACLs against what the broker authorizes ------------------
+class _Done:
+    def __init__(self, value: object = None, error: KafkaError | None = None) -> None:
+        self.value, self.error = value, error
+
+    def result(self) -> object:
+        if self.error is not None:
+            from confluent_kafka import KafkaException
+
+            raise KafkaException(self.error)
+        return self.value
+
+
+class _Authorized:
+    def __init__(self, operations: list[str]) -> None:
+        from confluent_kafka.admin import AclOperation
+
+        self.authorized_operations = [AclOperation[op] for op in operations]
+
+
+class FakeAdmin:
+    """Answers describe_topics / describe_consumer_groups with authorized operations."""
+
+    def __init__(self, topics: dict[str, list[str] | None], groups: dict[str, list[str]]) -> None:
+        self.topics, self.groups, self.asked_groups = topics, groups, []
+
+    def describe_topics(self, collection, **kwargs):
+        out = {}
+        for name in collection.topic_names:
+            ops = self.topics.get(name)
+            out[name] = (
+                _Done(error=KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
+                if ops is None
+                else _Done(_Authorized(ops))
+            )
+        return out
+
+    def describe_consumer_groups(self, groups, **kwargs):
+        self.asked_groups += groups
+        return {g: _Done(_Authorized(self.groups.get(g, []))) for g in groups}
+
+
+def test_check_access_names_the_first_acl_missing() -> None:
+    from streams.connection import KafkaAccessError, check_access
+
+    s = Settings(app_id="app")
+    topics = {s.posts_topic: ["READ", "DESCRIBE"], s.objections_topic: ["READ", "DESCRIBE"]}
+    topics |= {t: ["WRITE", "DESCRIBE"] for t in s.output_topics}
+    internal = ["READ", "WRITE", "CREATE", "DESCRIBE"]
+    topics |= {s.user_events_topic: [*internal, "DELETE", "ALTER_CONFIGS", "DESCRIBE_CONFIGS"]}
+    groups = {"app": ["READ", "DESCRIBE"], "app-rekey": ["READ", "DESCRIBE"]}
+    known = [*topics, s.replay_results_topic]
+    topics[s.replay_results_topic] = internal
+    admin = FakeAdmin(topics, groups)
+    check_access(admin, s, "worker", known)  # everything there
+    # the endpoints reader's group only matters with the consent lookup
+    assert "app-endpoints-reader" not in admin.asked_groups
+    with pytest.raises(KafkaAccessError, match="User:ANONYMOUS may not READ group app-endpoints"):
+        check_access(
+            admin, Settings(app_id="app", consent_lookup_token_file=Path("t")), "worker", known
+        )
+    topics[s.training_topic] = None  # not even DESCRIBE
+    with pytest.raises(KafkaAccessError, match=f"may not WRITE topic {s.training_topic}: grant"):
+        check_access(FakeAdmin(topics, groups), s, "worker", known)
+    topics[s.training_topic] = ["WRITE", "DESCRIBE"]
+    topics[s.user_events_topic] = internal  # no DELETE for the purge
+    with pytest.raises(KafkaAccessError, match="may not ALTER_CONFIGS, DELETE, DESCRIBE_CONFIGS"):
+        check_access(FakeAdmin(topics, groups), s, "worker", known)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import faust
+from confluent_kafka import KafkaException
 from faust.types import TP
 
 from . import faust_compat
@@ -33,7 +34,7 @@ from .rekey import RekeyStage
 from .settings import Settings
 from .topics import (
     DataLossError,
-    admin_client,
+    RenewingAdmin,
     purge_committed,
     resume_offset,
     start_offset,
@@ -229,7 +230,7 @@ def wire_offsets(
     """The gate's own offset management: start positions, seeks after gaps, commits
     (outputs flushed first: at-least-once), and forgetting partitions on rebalance."""
     topic = settings.user_events_topic
-    admin = admin_client(settings)
+    admin = RenewingAdmin(settings)  # its lookups run in executor threads
     loop_tasks: set[asyncio.Task] = set()
 
     def skipped(found: tuple[int, int]) -> int:
@@ -245,11 +246,19 @@ def wire_offsets(
             return await asyncio.get_running_loop().run_in_executor(None, function, *args)
         except DataLossError as exc:  # a gap in the gate's input: fail closed
             stop_worker(str(exc))
+        except KafkaException as exc:  # asked again later, from fresh metadata if stale
+            admin.renew_if_stale(exc)
+            raise
 
     async def lookup_start(partition: int) -> int:
         return skipped(
             await in_executor(
-                start_offset, admin, settings.app_id, topic, partition, settings.accept_data_loss
+                start_offset,
+                admin.client,
+                settings.app_id,
+                topic,
+                partition,
+                settings.accept_data_loss,
             )
         )
 
@@ -257,7 +266,7 @@ def wire_offsets(
         return skipped(
             await in_executor(
                 resume_offset,
-                admin,
+                admin.client,
                 topic,
                 partition,
                 offset,
@@ -326,9 +335,10 @@ def wire_offsets(
         committed.clear()
         try:
             await asyncio.get_running_loop().run_in_executor(
-                None, purge_committed, admin, topic, done
+                None, purge_committed, admin.client, topic, done
             )
         except Exception as exc:  # purged at the next interval
+            admin.renew_if_stale(exc)
             log.warning("could not delete processed records of %s: %s", topic, exc)
 
     # On a clean stop, commit once more after Faust has stopped fetching and before it

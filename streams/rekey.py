@@ -61,7 +61,7 @@ from .records import (
     source_prefix,
 )
 from .settings import Settings
-from .topics import DataLossError, admin_client
+from .topics import DataLossError, RenewingAdmin
 
 log = logging.getLogger("streams.rekey")
 
@@ -250,7 +250,7 @@ class Rekeyer:
         # per input (topic, partition): the offset after the last record forwarded or
         # sent to the DLQ, the only offsets ever committed
         self._done: dict[tuple[str, int], int] = {}
-        self._admin = admin_client(settings)
+        self._admin = RenewingAdmin(settings)
         self._objection_partitions: list[int] | None = None
         self._partitions_expire = 0.0
         self._dlq_slot = {
@@ -430,11 +430,7 @@ class Rekeyer:
             return self._objections_behind_now(consumer)
         except (KafkaException, TimeoutError) as exc:
             log.warning("cannot tell how far objections are forwarded (%s); asking again", exc)
-            if _stale_leader_epoch(exc):
-                # librdkafka's admin ListOffsets retries with the leader epoch it cached
-                # before a leader moved, and gets FENCED_LEADER_EPOCH forever
-                # (confluentinc/librdkafka#4620): a new client starts from fresh metadata
-                self._admin = admin_client(self.settings)
+            self._admin.renew_if_stale(exc)  # librdkafka#4620 (topics.STALE_METADATA)
             return self._objection_partitions or [-1]
 
     def _objections_behind_now(self, consumer: Consumer) -> list[int]:
@@ -446,7 +442,7 @@ class Rekeyer:
         tps = [TopicPartition(topic, p) for p in self._objection_partitions]
         stable = {
             tp.partition: future.result(timeout=30).offset
-            for tp, future in self._admin.list_offsets(
+            for tp, future in self._admin.client.list_offsets(
                 {tp: OffsetSpec.latest() for tp in tps},
                 isolation_level=IsolationLevel.READ_COMMITTED,
                 request_timeout=30,
@@ -650,10 +646,3 @@ class Rekeyer:
                 return
             except BufferError:
                 producer.poll(0.05)
-
-
-def _stale_leader_epoch(exc: BaseException) -> bool:
-    """Whether a Kafka error says the client's cached leader epoch is out of date."""
-    error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
-    code = error.code() if isinstance(error, KafkaError) else None
-    return code in (KafkaError.FENCED_LEADER_EPOCH, KafkaError.UNKNOWN_LEADER_EPOCH)

@@ -12,7 +12,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka import (
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -90,6 +95,43 @@ def admin_client(settings: Settings, *, command: bool = False) -> AdminClient:
         return AdminClient(command_config(settings, role))
     config: dict[str, Any] = {**librdkafka_config(settings, role), "log_level": 0, "logger": QUIET}
     return AdminClient(config)
+
+
+# Errors after which a client's cached metadata (leaders, leader epochs) may be out of
+# date. librdkafka's admin ListOffsets retries with the leader epoch it cached before a
+# leader moved and is answered FENCED_LEADER_EPOCH forever (confluentinc/librdkafka#4620);
+# after a broker restart the gate's and the re-keying stage's lookups failed so for minutes.
+STALE_METADATA = frozenset(
+    {
+        KafkaError.FENCED_LEADER_EPOCH,
+        KafkaError.UNKNOWN_LEADER_EPOCH,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError._NOENT,  # "No leaders found"
+    }
+)
+
+
+def stale_metadata(exc: BaseException) -> bool:
+    """Whether a Kafka error says the client's view of the partition leaders is old."""
+    error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+    return isinstance(error, KafkaError) and error.code() in STALE_METADATA
+
+
+class RenewingAdmin:
+    """A long-lived process's admin client, made anew (from fresh metadata) after an
+    error that says its view of the leaders is old; the caller asks again later."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self.client = admin_client(settings)
+
+    def renew_if_stale(self, exc: BaseException) -> bool:
+        """Replace the client if ``exc`` is a stale-metadata error; whether it did."""
+        if not stale_metadata(exc):
+            return False
+        self.client = admin_client(self._settings)
+        return True
 
 
 def describe(admin: AdminClient, settings: Settings, timeout: float = 10.0) -> dict[str, int]:

@@ -476,11 +476,15 @@ class KafkaCluster:
         return cls(directory, bootstrap, nodes, result.stderr)
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        # a node restarted while the others, the workers and the traffic share two
+        # starved cores has taken 65-98 s to rejoin (local-kafka's default wait is 90 s)
+        env = {**os.environ, "LOCAL_KAFKA_START_TIMEOUT": "240"}
         result = subprocess.run(
             [str(LOCAL_KAFKA), *args, "--dir", str(self.directory)],
             capture_output=True,
             text=True,
             timeout=600,
+            env=env,
         )
         if check and result.returncode != 0:
             raise AssertionError(f"local-kafka {' '.join(args)}:\n{result.stderr[-3000:]}")

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from bench.run import broker, free_port, machine, say, settings_for, topic_flags, versions
@@ -52,8 +52,7 @@ from streams.topics import ensure_topics
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 PARTITIONS = 8
-SESSION_TIMEOUT_S = 60.0  # Faust's broker_session_timeout (the gate's consumer)
-REKEY_SESSION_TIMEOUT_S = 30.0  # the re-keying consumer's session.timeout.ms (rekey.py)
+REKEY_SESSION_TIMEOUT_S = 30.0  # the re-keying consumer's longest session (rekey.py)
 OBJECTOR_EVERY = 10  # every tenth user objects to every platform
 
 
@@ -111,7 +110,9 @@ def preload(bootstrap: str, s: Settings, users: int, posts: int) -> dict[str, An
 class Worker:
     """An ``enforcer worker`` in its own process group (the re-keying stage with it)."""
 
-    def __init__(self, s: Settings, workdir: Path, name: str, standby: int) -> None:
+    def __init__(
+        self, s: Settings, workdir: Path, name: str, standby: int, session_timeout: int
+    ) -> None:
         self.name = name
         self.data_dir = workdir / f"{name}-state"
         shutil.rmtree(self.data_dir, ignore_errors=True)
@@ -137,6 +138,8 @@ class Worker:
                 str(self.port),
                 "--standby-replicas",
                 str(standby),
+                "--session-timeout",
+                str(session_timeout),
                 "--log-level",
                 "info",
             ],
@@ -260,6 +263,28 @@ class Trickle(threading.Thread):
         producer.flush(30)
 
 
+_TRANSIENT = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError._TIMED_OUT,
+    KafkaError._TRANSPORT,
+}
+
+
+def _retrying(ask: Any, within: float = 120.0) -> Any:
+    """``ask()``, asked again while the broker answers with a retriable error (a single
+    broker on a starved machine is briefly fenced by its own controller)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return ask()
+        except KafkaException as exc:
+            error = exc.args[0]
+            if time.monotonic() > deadline or not (error.retriable() or error.code() in _TRANSIENT):
+                raise
+            time.sleep(0.5)
+
+
 class Decisions(threading.Thread):
     """Reads the decisions topic from its end: (post id, decision record timestamp)."""
 
@@ -277,7 +302,7 @@ class Decisions(threading.Thread):
         )
         tps = [TopicPartition(s.decisions_topic, p) for p in range(PARTITIONS)]
         for tp in tps:
-            tp.offset = self.consumer.get_watermark_offsets(tp, timeout=10)[1]
+            tp.offset = _retrying(lambda tp=tp: self.consumer.get_watermark_offsets(tp, 10)[1])
         self.consumer.assign(tps)
         self.seen: list[tuple[str, float]] = []
         self.stop_event = threading.Event()
@@ -385,10 +410,13 @@ def one_run(
     rate: int,
     admin: AdminClient,
     keep_logs: Path | None = None,
+    session_timeout: int = 60,
 ) -> dict[str, Any]:
     standby = 1 if mode == "warm" else 0
     say(f"run {index} ({mode}): starting two workers")
-    workers = [Worker(s, workdir, f"{mode}{index}-{n}", standby) for n in ("a", "b")]
+    workers = [
+        Worker(s, workdir, f"{mode}{index}-{n}", standby, session_timeout) for n in ("a", "b")
+    ]
     decisions = Decisions(s)
     decisions.start()
     trickle: Trickle | None = None
@@ -510,6 +538,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=200, help="posts per second during a run")
     parser.add_argument("--bootstrap", help="an existing broker instead of a fresh local one")
     parser.add_argument("--keep-logs", type=Path, help="copy the workers' logs here")
+    parser.add_argument(
+        "--session-timeout", type=int, default=60, help="the workers' --session-timeout (s)"
+    )
     args = parser.parse_args(argv)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -528,7 +559,17 @@ def main(argv: list[str] | None = None) -> int:
             for i in range(args.runs):
                 for mode in ("cold", "warm"):
                     runs.append(
-                        one_run(s, workdir, mode, i, args.users, args.rate, admin, args.keep_logs)
+                        one_run(
+                            s,
+                            workdir,
+                            mode,
+                            i,
+                            args.users,
+                            args.rate,
+                            admin,
+                            args.keep_logs,
+                            args.session_timeout,
+                        )
                     )
                     # every run so far, in case a later one fails
                     result = {
@@ -539,8 +580,10 @@ def main(argv: list[str] | None = None) -> int:
                             "partitions": PARTITIONS,
                             "workers": 2,
                             "rate_posts_per_s": args.rate,
-                            "gate_session_timeout_s": SESSION_TIMEOUT_S,
-                            "rekey_session_timeout_s": REKEY_SESSION_TIMEOUT_S,
+                            "gate_session_timeout_s": args.session_timeout,
+                            "rekey_session_timeout_s": min(
+                                REKEY_SESSION_TIMEOUT_S, args.session_timeout
+                            ),
                             "broker": "external" if args.bootstrap else "local, one node",
                         },
                         "preload": loaded,

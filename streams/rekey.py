@@ -90,7 +90,9 @@ def rekey_consumer_config(settings: Settings) -> dict[str, Any]:
         # stays bounded by queued.max.messages.kbytes (64 MiB, librdkafka's default).
         "queued.min.messages": 100000,
         "partition.assignment.strategy": "cooperative-sticky",
-        "session.timeout.ms": 30000,
+        # a killed worker's input partitions wait this long before another stage reads
+        # them: 30 s, or the gate's shorter --session-timeout
+        "session.timeout.ms": min(30, settings.session_timeout_s) * 1000,
         "log_level": 3,
     }
     return librdkafka_config(settings, role)

@@ -368,8 +368,9 @@ static int FastGate_init(FastGate *self, PyObject *args, PyObject *kwds) {
     if (!PyArg_ParseTuple(args, "OOOOOOOOO", &schema, &rules, &training, &decision, &topics,
                           &state, &callbacks, &bounds, &limits))
         return -1;
-    PyObject *prefix, *fields, *picks, *symbols, *values;
-    if (!PyArg_ParseTuple(schema, "SOOOO", &prefix, &fields, &picks, &symbols, &values))
+    PyObject *prefix, *fields, *picks, *kinds, *symbols, *values;
+    if (!PyArg_ParseTuple(schema, "SOOOOO", &prefix, &fields, &picks, &kinds, &symbols,
+                          &values))
         return -1;
     Py_ssize_t nf;
     PyObject *fseq = bounded_sequence(fields, MAX_FIELDS - 1, "fields", &nf);
@@ -394,13 +395,31 @@ static int FastGate_init(FastGate *self, PyObject *args, PyObject *kwds) {
         return -1;
     int picked[6] = {self->f_post,    self->f_user,       self->f_platform,
                      self->f_visibility, self->f_country, self->f_adult};
-    const int picked_kind[6] = {K_STRING, K_STRING, K_ENUM, K_ENUM, K_STRING, K_BOOL};
+    /* The kind of each picked field, from the Post layout (records.POST_LAYOUT), checked
+     * again here against the kind this code uses it as: the ids and the country are
+     * strings; platform and visibility are enum indexes and the adult flag a boolean,
+     * and all three index the rules table. Anything else refuses the set-up (a
+     * ValueError: the gate then decides every post in Python). */
+    const int role_kind[6] = {K_STRING, K_STRING, K_ENUM, K_ENUM, K_STRING, K_BOOL};
+    int given_kind[6];
+    if (!PyArg_ParseTuple(kinds, "iiiiii", &given_kind[0], &given_kind[1], &given_kind[2],
+                          &given_kind[3], &given_kind[4], &given_kind[5]))
+        return -1;
     for (int i = 0; i < 6; i++) {
+        if (given_kind[i] < K_NULL || given_kind[i] > K_UNION) {
+            PyErr_SetString(PyExc_ValueError, "a picked field's kind is out of range");
+            return -1;
+        }
+        if (given_kind[i] != role_kind[i]) {
+            PyErr_SetString(PyExc_ValueError,
+                            "a picked field's kind is not the one it is read as");
+            return -1;
+        }
         if (picked[i] < 0 || picked[i] >= nf) {
             PyErr_SetString(PyExc_ValueError, "field index out of range");
             return -1;
         }
-        if (self->fields[picked[i]].kind != picked_kind[i]) {
+        if (self->fields[picked[i]].kind != given_kind[i]) {
             PyErr_SetString(PyExc_ValueError, "a picked field is not of its kind");
             return -1;
         }

@@ -62,6 +62,7 @@ from .records import (
     KIND_OBJECTION,
     KIND_POST,
     KIND_REPLAY,
+    POST_FIELDS,
     REPLAY_DRY_RUN,
     REPLAY_ID,
     SRC_OFFSET,
@@ -640,10 +641,6 @@ class _WithOutputs:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._processor, name)
-
-
-# the Post fields the gate reads from a scanned post, in the order it indexes them
-POST_FIELDS = ("post_id", "user_id", "platform", "visibility", "author_country", "author_is_adult")
 
 
 def _picker(names: tuple[str, ...], wanted: tuple[str, ...]) -> Any:

@@ -27,6 +27,7 @@ from .consent import stored_objects
 from .enforcement import DECISION_FIELDS, TRAINING_FIELDS
 from .metrics import LATENCY_BUCKETS
 from .policy import Outcome, Reason
+from .records import POST_FIELD_KINDS, POST_FIELDS
 
 try:  # built by `pip install` where a C compiler is present (setup.py)
     from . import _native
@@ -47,9 +48,8 @@ _KINDS = {
     "array": 9,
     "union": 10,
 }
-# the kind of each Post field the fast path reads, in the order of agents.POST_FIELDS
-# (post id, user id, platform, visibility, country, adult: _native.c reads them so)
-PICKED_KINDS = ("string", "string", "enum", "enum", "string", "boolean")
+# the kind of each Post field the fast path reads (records.POST_LAYOUT)
+PICKED_KINDS = POST_FIELD_KINDS
 COUNTRIES = tuple(a + b for a in ascii_uppercase for b in ascii_uppercase)  # as _native.c
 REASONS = tuple(Reason)
 
@@ -126,8 +126,6 @@ def make_fast_gate(processor: Any) -> Any:
     named = _named_enums(post["fields"], {})
     names = [f["name"] for f in post["fields"]]
     program = field_program(post)
-    from .agents import POST_FIELDS  # here: agents imports this module
-
     picks = []
     for name, kind in zip(POST_FIELDS, PICKED_KINDS, strict=True):
         if name not in names:
@@ -180,8 +178,16 @@ def make_fast_gate(processor: Any) -> Any:
     tail = encode_long(replay.index("null")) + encode_long(cause.index("null"))
 
     outputs, ledger = processor.outputs, processor.ledger
-    return _native.FastGate(
-        (post_prefix, program, tuple(picks), platforms, tuple(p.encode() for p in platforms)),
+    picked_kinds = tuple(_KINDS[kind] for kind in PICKED_KINDS)
+    parts = (
+        (
+            post_prefix,
+            program,
+            tuple(picks),
+            picked_kinds,
+            platforms,
+            tuple(p.encode() for p in platforms),
+        ),
         (bytes(table), REASONS.index(Reason.ELIGIBLE), len(REASONS)),
         (codec.wire_prefix(TRAINING_RECORD, settings.training_topic), t_plan[0], version),
         (
@@ -210,6 +216,10 @@ def make_fast_gate(processor: Any) -> Any:
         LATENCY_BUCKETS,
         (settings.partitions, processor.max_post_bytes),
     )
+    try:
+        return _native.FastGate(*parts)
+    except ValueError as exc:  # _native.c refused the set-up: posts are decided in Python
+        raise Unsupported(f"the C fast path refused its set-up: {exc}") from None
 
 
 def decision_keys() -> tuple[tuple[str, str], ...]:

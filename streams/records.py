@@ -32,6 +32,23 @@ DLQ_REFERENCE = "dlq.reference.bytes"
 RECORD_FRAMING = 512
 _COUNTRY = re.compile(r"[A-Z]{2}\Z")
 
+# The layout of a Post as the gate reads it, the one description both of its paths use:
+# the fields it reads from a scanned post, in the order it indexes them (the Python
+# path's picker, ``agents.POST_FIELDS``; the fast path's picks, ``native.py``, whose C
+# code, ``_native.c``, reads them in this order), with the Avro kind of each (the fast
+# path requires these kinds, and ``_native.c`` checks them again at set-up: platform
+# and visibility index its rules table as enum indexes, the adult flag as a boolean).
+POST_LAYOUT: tuple[tuple[str, str], ...] = (
+    ("post_id", "string"),
+    ("user_id", "string"),
+    ("platform", "enum"),
+    ("visibility", "enum"),
+    ("author_country", "string"),
+    ("author_is_adult", "boolean"),
+)
+POST_FIELDS = tuple(name for name, _ in POST_LAYOUT)
+POST_FIELD_KINDS = tuple(kind for _, kind in POST_LAYOUT)
+
 
 # The re-keying stage's header on a forwarded input, after the input's own headers:
 # its kind and where it was read, packed (``pack_source``) into one header, which

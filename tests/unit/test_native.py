@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import streams.agents as agents
-from streams import native
+from streams import native, records
 from streams.codec import OBJECTION, POST
 from streams.policy import load_policy
 from streams.records import KIND_OBJECTION, KIND_POST, partition_for_user
@@ -515,6 +515,78 @@ def test_disabled_by_the_environment(monkeypatch):
     monkeypatch.setenv("ENFORCER_NATIVE", "0")
     assert not native.available()
     processor, out = _gate(True, load_policy())
+    processor.offsets.start(0, 0)
+    processor.process([_message(KIND_POST, _valid, 0, "u1")])
+    assert processor._fast is False
+    assert [r[0] for r in out.records] == _POST
+
+
+# -- the Post layout, and the C side's own check of the kinds it indexes by ---------------
+
+
+def test_one_post_layout_feeds_both_paths():
+    assert agents.POST_FIELDS is records.POST_FIELDS
+    assert native.PICKED_KINDS is records.POST_FIELD_KINDS
+    assert len(records.POST_FIELDS) == len(records.POST_FIELD_KINDS) == 6
+
+
+def _fast_gate_parts(monkeypatch) -> tuple:
+    """The arguments ``make_fast_gate`` gives ``_native.FastGate`` for a working gate."""
+    real, given = native._native, []
+
+    class Capturing:
+        @staticmethod
+        def FastGate(*parts):
+            given.append(parts)
+            return real.FastGate(*parts)
+
+    monkeypatch.setattr(native, "_native", Capturing)
+    native.make_fast_gate(_gate(True, load_policy())[0])
+    monkeypatch.setattr(native, "_native", real)
+    return given[0]
+
+
+# roles: post id, user id, platform, visibility, country, adult (records.POST_LAYOUT)
+PLATFORM, VISIBILITY, ADULT = 2, 3, 5
+
+
+@pytest.mark.parametrize(
+    ("role", "kind", "why"),
+    [
+        (PLATFORM, 99, "out of range"),
+        (VISIBILITY, -1, "out of range"),
+        (ADULT, 1 << 20, "out of range"),
+        (PLATFORM, native._KINDS["int"], "not the one it is read as"),
+        (ADULT, native._KINDS["enum"], "not the one it is read as"),
+    ],
+)
+def test_the_c_side_refuses_a_kind_it_would_index_by(role, kind, why, monkeypatch):
+    parts = _fast_gate_parts(monkeypatch)
+    native._native.FastGate(*parts)  # as given: accepted
+    schema = list(parts[0])
+    kinds = list(schema[3])
+    kinds[role] = kind
+    schema[3] = tuple(kinds)
+    with pytest.raises(ValueError, match=why):
+        native._native.FastGate(tuple(schema), *parts[1:])
+
+
+@pytest.mark.parametrize("kind", [99, -1, native._KINDS["int"]])
+def test_the_c_side_refuses_a_picked_field_of_another_kind(kind, monkeypatch):
+    parts = _fast_gate_parts(monkeypatch)
+    schema = list(parts[0])
+    program = list(schema[1])
+    program[schema[2][PLATFORM]] = (kind, 0, 0, 0)  # the platform field, in the schema
+    schema[1] = tuple(program)
+    with pytest.raises(ValueError, match="kind"):
+        native._native.FastGate(tuple(schema), *parts[1:])
+
+
+def test_a_set_up_the_c_side_refuses_leaves_posts_to_python(monkeypatch):
+    monkeypatch.setitem(native._KINDS, "enum", 99)  # the program's enums out of range
+    processor, out = _gate(True, load_policy())
+    with pytest.raises(native.Unsupported, match="refused its set-up"):
+        native.make_fast_gate(processor)
     processor.offsets.start(0, 0)
     processor.process([_message(KIND_POST, _valid, 0, "u1")])
     assert processor._fast is False

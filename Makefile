@@ -24,7 +24,7 @@ unit: setup
 	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
 
 ## make bench: the benchmark (throughput, latency, memory), results in bench/results/
-bench: setup $(PEER_STAMP)
+bench: setup $(PEER_STAMP) peer-streams
 	$(VENV)/bin/pip install -q -c constraints.txt -e ".[bench]"
 	$(PY) -m bench.run --peer-python $(PEER_VENV)/bin/python $(BENCH_ARGS)
 
@@ -47,6 +47,12 @@ $(PEER_STAMP): pyproject.toml
 	$(PEER_VENV)/bin/pip install -q "quixstreams==3.28.1" "fastavro>=1.13.1" "aiokafka>=0.14.0"
 	$(PEER_VENV)/bin/pip install -q --no-deps -e .
 	touch $(PEER_STAMP)
+
+## make peer-streams: the Kafka Streams peer of the benchmark (bench/peer-streams/README.md),
+## built with Maven once per change of its sources (first build: about a minute of downloads)
+.PHONY: peer-streams
+peer-streams: setup
+	$(PY) -m bench.peer_streams build
 
 ## make lint: ruff (lint and formatting) and mypy (pyproject.toml: strict on the core and
 ## serialization), in seconds

@@ -104,7 +104,7 @@ public final class PeerStreams {
       DEFAULTS.put("threads", "1");
       DEFAULTS.put("state-dir", "/tmp/peer-streams");
       DEFAULTS.put("commit-interval-ms", ""); // empty: Kafka Streams' default
-      DEFAULTS.put("max-task-idle-ms", "1000");
+      DEFAULTS.put("max-task-idle-ms", "5000");
       DEFAULTS.put("max-clock-skew-ms", "300000");
       DEFAULTS.put("web-port", ""); // empty: no HTTP /ready
       DEFAULTS.put("policy-version", null);

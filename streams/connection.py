@@ -121,7 +121,9 @@ def access_problem(err: KafkaError, settings: Settings) -> str | None:
             f"{where} refused the login of {principal(settings)}: {text} (check --sasl-username, "
             "the password and --sasl-mechanism)"
         )
-    if code == KafkaError._SSL:
+    # a client certificate the broker refused reaches librdkafka as a TLS alert on a
+    # transport error (TLS 1.3 checks it after the handshake)
+    if code == KafkaError._SSL or (code == KafkaError._TRANSPORT and "SSL alert" in text):
         return (
             f"TLS with {where} failed: {text} (is --ssl-ca-file the CA that signed the brokers' "
             "certificates, and does the broker accept the client certificate?)"

@@ -1,11 +1,13 @@
 """Test certificates, made with ``cryptography``: a CA, a broker certificate for
-127.0.0.1, a client certificate, and a second CA that signed nothing the broker uses.
+127.0.0.1, a client certificate, and a second CA, which signed nothing the broker uses,
+with a client certificate of its own.
 
 Files (PEM) in the directory given to ``make_certs``: ``ca.crt``; ``broker.crt`` and
 ``broker.key`` (unencrypted PKCS#8, as ``local-kafka --security sasl_ssl --certs DIR``
 reads them); ``client.crt`` and ``client.key`` (PKCS#8, encrypted with the key
 password when one is given); ``other-ca.crt`` (a CA the broker's certificate is not
-signed by).
+signed by) and ``other-client.crt``/``other-client.key`` (a client certificate of that
+CA, its key unencrypted).
 """
 
 from __future__ import annotations
@@ -43,6 +45,14 @@ class Certs:
     @property
     def client_key(self) -> Path:
         return self.directory / "client.key"
+
+    @property
+    def other_client_cert(self) -> Path:
+        return self.directory / "other-client.crt"
+
+    @property
+    def other_client_key(self) -> Path:
+        return self.directory / "other-client.key"
 
 
 def _name(common_name: str) -> x509.Name:
@@ -139,7 +149,10 @@ def make_certs(directory: Path, key_password: str | None = None) -> Certs:
     client_key, client_cert = _issue(
         ca_key, ca_cert, "enforcer-client", [ExtendedKeyUsageOID.CLIENT_AUTH]
     )
-    _other_key, other_ca = _ca("a CA the broker does not use")
+    other_ca_key, other_ca = _ca("a CA the broker does not use")
+    other_key, other_client = _issue(
+        other_ca_key, other_ca, "enforcer-client", [ExtendedKeyUsageOID.CLIENT_AUTH]
+    )
     files = {
         "ca.crt": _pem(ca_cert),
         "broker.crt": _pem(broker_cert) + _pem(ca_cert),
@@ -147,6 +160,8 @@ def make_certs(directory: Path, key_password: str | None = None) -> Certs:
         "client.crt": _pem(client_cert),
         "client.key": _key_pem(client_key, key_password),
         "other-ca.crt": _pem(other_ca),
+        "other-client.crt": _pem(other_client),
+        "other-client.key": _key_pem(other_key, None),
     }
     for name, data in files.items():
         path = directory / name

@@ -8,8 +8,8 @@ those of ``topics create`` and ``replay``, ``upstream`` those of ``generate``. T
 worker decides posts end to end (a post published, an objection that retracts it and
 blocks a later one), ``enforcer replay`` answers, and ``enforcer generate`` (the demo's
 traffic) produces. A wrong password, a CA that did not sign the broker's certificate,
-and one ACL missing each stop ``enforcer worker`` with one line and exit code 2 within
-a deadline.
+a client certificate of a CA the broker does not trust, and one ACL missing each stop
+``enforcer worker`` with one line and exit code 2 within a deadline.
 """
 
 from __future__ import annotations
@@ -105,10 +105,31 @@ class SecuredBroker:
         return dataclasses.replace(base, security=self.security(user))
 
     def flags(
-        self, user: str, *, password_file: Path | None = None, ca: Path | None = None
+        self,
+        user: str,
+        *,
+        password_file: Path | None = None,
+        ca: Path | None = None,
+        other_client: bool = False,
     ) -> list[str]:
         """A command's security flags; the password from a file unless ``password_file``
-        is given as None on purpose (then ENFORCER_SASL_PASSWORD must hold it)."""
+        is None (then ENFORCER_SASL_PASSWORD must hold it); ``other_client``: the client
+        certificate of a CA the broker does not trust."""
+        if other_client:
+            cert, key = self.certs.other_client_cert, self.certs.other_client_key
+            return [
+                "--security-protocol",
+                "SASL_SSL",
+                "--sasl-username",
+                user,
+                *(["--sasl-password-file", str(password_file)] if password_file else []),
+                "--ssl-ca-file",
+                str(self.certs.ca),
+                "--ssl-cert-file",
+                str(cert),
+                "--ssl-key-file",
+                str(key),
+            ]
         return [
             "--security-protocol",
             "SASL_SSL",
@@ -436,6 +457,17 @@ def test_an_untrusted_broker_certificate_stops_the_worker_with_one_line(
     )
     line = one_line_failure(refused_worker(names, secured, tmp_path, *flags))
     assert "TLS with Kafka" in line and "certificate verify failed" in line, line
+
+
+def test_a_client_certificate_the_broker_does_not_trust_stops_the_worker_with_one_line(
+    secured: SecuredBroker, deployment: tuple[Names, Worker], tmp_path: Path
+) -> None:
+    names, _ = deployment
+    flags = secured.flags(
+        "enforcer", password_file=secured.password_file("enforcer"), other_client=True
+    )
+    line = one_line_failure(refused_worker(names, secured, tmp_path, *flags))
+    assert "TLS with Kafka" in line and "SSL alert" in line, line
 
 
 def test_a_missing_acl_stops_the_worker_with_one_line(

@@ -124,6 +124,7 @@ def command(
     *,
     guarantee: str = "at_least_once",
     threads: int = 1,
+    rekey_threads: int = 1,
     receipts: bool = True,
     web_port: int | None = None,
     max_task_idle_ms: int | None = None,
@@ -135,8 +136,9 @@ def command(
     """The command line of a peer with ``settings``' broker, app id, topics and partition
     count (of its repartition topics; the enforcer's internal topic's), the policy at
     ``settings.policy_path`` (the packaged one if None) unless ``policy`` is given, and
-    Kafka Streams' ``guarantee`` (at_least_once or exactly_once_v2) with ``threads``
-    stream threads. ``config``: more Kafka Streams or client properties."""
+    Kafka Streams' ``guarantee`` (at_least_once or exactly_once_v2), with ``rekey_threads``
+    stream threads re-keying the inputs and ``threads`` deciding (two Kafka Streams
+    instances in one JVM). ``config``: more Kafka Streams or client properties."""
     if guarantee not in GUARANTEES:
         raise ValueError(f"guarantee must be one of {GUARANTEES}, got {guarantee!r}")
     policy = policy or load_policy(settings.policy_path)
@@ -172,6 +174,8 @@ def command(
         guarantee,
         "--threads",
         str(threads),
+        "--rekey-threads",
+        str(rekey_threads),
         "--max-clock-skew-ms",
         str(s.max_clock_skew_ms),
         *policy_flags(policy),
@@ -198,7 +202,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--partitions", type=int, default=8, help="of the repartition topics")
     parser.add_argument("--processing-guarantee", choices=GUARANTEES, default=GUARANTEES[0])
-    parser.add_argument("--threads", type=int, default=1, help="num.stream.threads")
+    parser.add_argument("--threads", type=int, default=1, help="stream threads deciding")
+    parser.add_argument("--rekey-threads", type=int, default=1, help="stream threads re-keying")
     parser.add_argument("--policy", default=None, help="policy file (default: packaged)")
     parser.add_argument("--web-port", type=int, default=None, help="serve GET /ready")
     parser.add_argument("--max-task-idle-ms", type=int, default=None)
@@ -242,6 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.state_dir,
         guarantee=args.processing_guarantee,
         threads=args.threads,
+        rekey_threads=args.rekey_threads,
         receipts=bool(args.receipts_topic),
         web_port=args.web_port,
         max_task_idle_ms=args.max_task_idle_ms,

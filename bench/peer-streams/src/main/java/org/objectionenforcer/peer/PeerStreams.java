@@ -15,6 +15,17 @@ import java.util.Map;
 import java.util.Properties;
 import java.util.Set;
 import java.util.concurrent.CountDownLatch;
+import java.util.Optional;
+import java.util.concurrent.ExecutionException;
+import org.apache.kafka.clients.admin.Admin;
+import org.apache.kafka.clients.admin.AdminClientConfig;
+import org.apache.kafka.clients.admin.ListOffsetsOptions;
+import org.apache.kafka.clients.admin.NewTopic;
+import org.apache.kafka.clients.admin.OffsetSpec;
+import org.apache.kafka.clients.consumer.OffsetAndMetadata;
+import org.apache.kafka.common.IsolationLevel;
+import org.apache.kafka.common.TopicPartition;
+import org.apache.kafka.common.errors.TopicExistsException;
 import org.apache.kafka.common.header.Headers;
 import org.apache.kafka.common.header.internals.RecordHeaders;
 import org.apache.kafka.common.serialization.Deserializer;
@@ -37,7 +48,6 @@ import org.apache.kafka.streams.kstream.KTable;
 import org.apache.kafka.streams.kstream.Materialized;
 import org.apache.kafka.streams.kstream.Named;
 import org.apache.kafka.streams.kstream.Produced;
-import org.apache.kafka.streams.kstream.Repartitioned;
 import org.apache.kafka.streams.processor.TopicNameExtractor;
 import org.apache.kafka.streams.processor.api.Processor;
 import org.apache.kafka.streams.processor.api.ProcessorContext;
@@ -101,10 +111,12 @@ public final class PeerStreams {
       DEFAULTS.put("receipts-topic", ""); // empty: no consent receipts
       DEFAULTS.put("partitions", "8");
       DEFAULTS.put("processing-guarantee", "at_least_once");
-      DEFAULTS.put("threads", "1");
+      DEFAULTS.put("threads", "1"); // of the gate (stage 2)
+      DEFAULTS.put("rekey-threads", "1"); // of the re-keying stage (stage 1)
+      DEFAULTS.put("rekey-commit-interval-ms", "100");
       DEFAULTS.put("state-dir", "/tmp/peer-streams");
       DEFAULTS.put("commit-interval-ms", ""); // empty: Kafka Streams' default
-      DEFAULTS.put("max-task-idle-ms", "5000");
+      DEFAULTS.put("max-task-idle-ms", "0"); // Kafka Streams' default
       DEFAULTS.put("max-clock-skew-ms", "300000");
       DEFAULTS.put("web-port", ""); // empty: no HTTP /ready
       DEFAULTS.put("policy-version", null);
@@ -208,18 +220,38 @@ public final class PeerStreams {
       };
     }
 
+    /** The gate's (stage 2) properties: application.id is the app id. */
     Properties streamsProperties() {
-      Properties p = new Properties();
+      Properties p = common();
       p.put(StreamsConfig.APPLICATION_ID_CONFIG, get("app-id"));
-      p.put(StreamsConfig.BOOTSTRAP_SERVERS_CONFIG, get("bootstrap-servers"));
-      p.put(StreamsConfig.PROCESSING_GUARANTEE_CONFIG, get("processing-guarantee"));
       p.put(StreamsConfig.NUM_STREAM_THREADS_CONFIG, integer("threads"));
-      p.put(StreamsConfig.STATE_DIR_CONFIG, get("state-dir"));
       p.put(StreamsConfig.MAX_TASK_IDLE_MS_CONFIG, Long.parseLong(get("max-task-idle-ms")));
       if (!get("commit-interval-ms").isEmpty()) {
         p.put(StreamsConfig.COMMIT_INTERVAL_MS_CONFIG, Long.parseLong(get("commit-interval-ms")));
       }
       p.putAll(extra);
+      return p;
+    }
+
+    /**
+     * The re-keying stage's properties: its own application id ("-rekey"), and a short commit
+     * interval: the gate starts once the objections there were at start are committed.
+     */
+    Properties rekeyProperties() {
+      Properties p = common();
+      p.put(StreamsConfig.APPLICATION_ID_CONFIG, get("app-id") + "-rekey");
+      p.put(StreamsConfig.NUM_STREAM_THREADS_CONFIG, integer("rekey-threads"));
+      p.put(
+          StreamsConfig.COMMIT_INTERVAL_MS_CONFIG, Long.parseLong(get("rekey-commit-interval-ms")));
+      p.putAll(extra);
+      return p;
+    }
+
+    private Properties common() {
+      Properties p = new Properties();
+      p.put(StreamsConfig.BOOTSTRAP_SERVERS_CONFIG, get("bootstrap-servers"));
+      p.put(StreamsConfig.PROCESSING_GUARANTEE_CONFIG, get("processing-guarantee"));
+      p.put(StreamsConfig.STATE_DIR_CONFIG, get("state-dir"));
       return p;
     }
   }
@@ -550,32 +582,38 @@ public final class PeerStreams {
 
   // -- topology ---------------------------------------------------------------------------
 
-  static Topology topology(Config c, Policy policy) {
-    String[] outputs = c.outputs();
-    String postsTopic = c.get("posts-topic");
-    String objectionsTopic = c.get("objections-topic");
-    int partitions = c.integer("partitions");
-    boolean receipts = !c.get("receipts-topic").isEmpty();
-    StreamsBuilder b = new StreamsBuilder();
-    b.addStateStore(
-        Stores.keyValueStoreBuilder(
-            Stores.persistentKeyValueStore(LIVE), Serdes.Bytes(), Serdes.ByteArray()));
-    TopicNameExtractor<byte[], Out> router = (k, v, ctx) -> outputs[v.topic()];
-    Produced<byte[], Out> produced =
-        Produced.with(
-            Serdes.ByteArray(),
-            Serdes.serdeFrom(
-                new OutSerializer(),
-                (topic, data) -> {
-                  throw new IllegalStateException("outputs are not read back");
-                }));
-    Serde<In> inSerde = InSerde.serde();
-    Consumed<byte[], byte[]> raw = Consumed.with(Serdes.ByteArray(), Serdes.ByteArray());
+  static final class Sinks {
+    final TopicNameExtractor<byte[], Out> router;
+    final Produced<byte[], Out> produced;
 
-    // 1. re-key each input by its user id; what has none readable goes to the DLQ
-    Map<String, KStream<String, In>> byUser = new HashMap<>();
+    Sinks(String[] outputs) {
+      router = (k, v, ctx) -> outputs[v.topic()];
+      produced =
+          Produced.with(
+              Serdes.ByteArray(),
+              Serdes.serdeFrom(
+                  new OutSerializer(),
+                  (topic, data) -> {
+                    throw new IllegalStateException("outputs are not read back");
+                  }));
+    }
+  }
+
+  /** The topic of the inputs of one kind ("posts", "objections") re-keyed by user. */
+  static String byUserTopic(Config c, String kind) {
+    return c.get("app-id") + "-" + kind + "-by-user";
+  }
+
+  /**
+   * Stage 1: each input re-keyed by its user id into a topic of the enforcer's partition count
+   * (murmur2 of the user id); what has no readable user id goes to the DLQ.
+   */
+  static Topology rekeyTopology(Config c) {
+    Sinks sinks = new Sinks(c.outputs());
+    StreamsBuilder b = new StreamsBuilder();
+    Consumed<byte[], byte[]> raw = Consumed.with(Serdes.ByteArray(), Serdes.ByteArray());
     for (String kind : List.of("posts", "objections")) {
-      String topic = kind.equals("posts") ? postsTopic : objectionsTopic;
+      String topic = c.get(kind + "-topic");
       var branches =
           b.stream(topic, raw.withName(kind + "-input"))
               .process(() -> new Rekey(kind.equals("posts")), Named.as(kind + "-rekey"))
@@ -587,16 +625,35 @@ public final class PeerStreams {
           .process(
               () -> new DeadLetters<In>(topic, in -> in, in -> in.error),
               Named.as(kind + "-unreadable-dlq"))
-          .to(router, produced.withName(kind + "-unreadable-sink"));
+          .to(sinks.router, sinks.produced.withName(kind + "-unreadable-sink"));
+      branches
+          .get(kind + "-read-keyed")
+          .to(
+              byUserTopic(c, kind),
+              Produced.with(Serdes.String(), InSerde.serde()).withName(kind + "-by-user-sink"));
+    }
+    return b.build();
+  }
+
+  /** Stage 2: the consent table, the stream-table join, decisions and retractions. */
+  static Topology gateTopology(Config c, Policy policy) {
+    String postsTopic = c.get("posts-topic");
+    String objectionsTopic = c.get("objections-topic");
+    boolean receipts = !c.get("receipts-topic").isEmpty();
+    Sinks sinks = new Sinks(c.outputs());
+    TopicNameExtractor<byte[], Out> router = sinks.router;
+    Produced<byte[], Out> produced = sinks.produced;
+    StreamsBuilder b = new StreamsBuilder();
+    b.addStateStore(
+        Stores.keyValueStoreBuilder(
+            Stores.persistentKeyValueStore(LIVE), Serdes.Bytes(), Serdes.ByteArray()));
+    Map<String, KStream<String, In>> byUser = new HashMap<>();
+    for (String kind : List.of("posts", "objections")) {
       byUser.put(
           kind,
-          branches
-              .get(kind + "-read-keyed")
-              .repartition(
-                  Repartitioned.<String, In>as(kind)
-                      .withKeySerde(Serdes.String())
-                      .withValueSerde(inSerde)
-                      .withNumberOfPartitions(partitions)));
+          b.stream(
+              byUserTopic(c, kind),
+              Consumed.with(Serdes.String(), InSerde.serde()).withName(kind + "-by-user")));
     }
 
     // 2. consent: a table aggregated from each user's objection events
@@ -677,40 +734,73 @@ public final class PeerStreams {
       System.exit(2);
       return;
     }
-    Topology topology = topology(c, policy);
+    Topology rekey = rekeyTopology(c);
+    Topology gate = gateTopology(c, policy);
     if (System.getenv("PEER_STREAMS_DESCRIBE") != null) {
-      System.out.println(topology.describe()); // and nothing else: a look at the topology
+      System.out.println(rekey.describe()); // and nothing else: a look at the topologies
+      System.out.println(gate.describe());
       return;
     }
-    KafkaStreams streams = new KafkaStreams(topology, c.streamsProperties());
+    Properties adminProps = new Properties();
+    adminProps.put(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, c.get("bootstrap-servers"));
+    adminProps.putAll(c.extra);
+    Admin admin = Admin.create(adminProps);
+    Map<TopicPartition, Long> objectionsAtStart;
+    try {
+      createByUserTopics(admin, c);
+      objectionsAtStart = endOffsets(admin, c.get("objections-topic"));
+    } catch (IllegalStateException e) {
+      System.err.println("peer-streams: " + e.getMessage());
+      System.exit(2);
+      return;
+    }
+    KafkaStreams first = new KafkaStreams(rekey, c.rekeyProperties());
+    KafkaStreams second = new KafkaStreams(gate, c.streamsProperties());
+    List<KafkaStreams> both = List.of(first, second);
     CountDownLatch done = new CountDownLatch(1);
     int[] exit = {0};
-    streams.setUncaughtExceptionHandler(
-        ex -> {
-          System.err.println("peer-streams: stream thread failed: " + ex);
-          ex.printStackTrace();
-          exit[0] = 70;
-          return StreamsUncaughtExceptionHandler.StreamThreadExceptionResponse.SHUTDOWN_CLIENT;
-        });
-    streams.setStateListener(
-        (now, before) -> {
-          System.out.println("peer-streams: " + before + " -> " + now);
-          System.out.flush();
-          if (now == KafkaStreams.State.ERROR) {
+    Runnable close =
+        () ->
+            new Thread(
+                    () -> {
+                      for (KafkaStreams k : both) {
+                        k.close(Duration.ofSeconds(60));
+                      }
+                      done.countDown();
+                    },
+                    "close")
+                .start();
+    for (KafkaStreams k : both) {
+      String name = k == first ? "rekey" : "gate";
+      k.setUncaughtExceptionHandler(
+          ex -> {
+            System.err.println("peer-streams: " + name + " stream thread failed: " + ex);
+            ex.printStackTrace();
             exit[0] = 70;
-          }
-          if (now == KafkaStreams.State.NOT_RUNNING || now == KafkaStreams.State.ERROR) {
-            done.countDown();
-          }
-        });
+            return StreamsUncaughtExceptionHandler.StreamThreadExceptionResponse.SHUTDOWN_CLIENT;
+          });
+      k.setStateListener(
+          (now, before) -> {
+            System.out.println("peer-streams: " + name + " " + before + " -> " + now);
+            System.out.flush();
+            if (now == KafkaStreams.State.ERROR) {
+              exit[0] = 70;
+              close.run();
+            }
+          });
+    }
     HttpServer http = null;
     if (!c.get("web-port").isEmpty()) {
       http = HttpServer.create(new InetSocketAddress("127.0.0.1", c.integer("web-port")), 16);
       http.createContext(
           "/ready",
           ex -> {
-            boolean ready = streams.state() == KafkaStreams.State.RUNNING;
-            byte[] body = (ready ? "ready\n" : streams.state() + "\n").getBytes();
+            boolean ready =
+                first.state() == KafkaStreams.State.RUNNING
+                    && second.state() == KafkaStreams.State.RUNNING
+                    && !second.isPaused();
+            String what = ready ? "ready" : first.state() + " " + second.state();
+            byte[] body = (what + "\n").getBytes(StandardCharsets.UTF_8);
             ex.sendResponseHeaders(ready ? 200 : 503, body.length);
             try (OutputStream out = ex.getResponseBody()) {
               out.write(body);
@@ -719,14 +809,99 @@ public final class PeerStreams {
       http.start();
     }
     // SIGTERM and SIGINT: a clean close (offsets committed, transactions ended), exit 0
-    Runnable close = () -> new Thread(() -> streams.close(Duration.ofSeconds(60)), "close").start();
     sun.misc.Signal.handle(new sun.misc.Signal("TERM"), sig -> close.run());
     sun.misc.Signal.handle(new sun.misc.Signal("INT"), sig -> close.run());
-    streams.start();
+    // The gate decides posts only once every objection acknowledged before the start is
+    // re-keyed: until then its tasks are paused (their rebalance and restore go on).
+    second.pause();
+    first.start();
+    second.start();
+    long started = System.nanoTime();
+    String group = c.get("app-id") + "-rekey";
+    while (done.getCount() > 0) {
+      try {
+        if (caughtUp(admin, group, objectionsAtStart)) {
+          break;
+        }
+      } catch (ExecutionException e) {
+        System.err.println("peer-streams: cannot tell how far objections are re-keyed: " + e);
+      }
+      Thread.sleep(20);
+    }
+    second.resume();
+    System.out.println(
+        "peer-streams: the objections there were at start are re-keyed ("
+            + (System.nanoTime() - started) / 1_000_000
+            + " ms); deciding posts");
+    System.out.flush();
     done.await();
+    admin.close(Duration.ofSeconds(5));
     if (http != null) {
       http.stop(0);
     }
     System.exit(exit[0]);
+  }
+
+  /** Creates the re-keyed topics (the enforcer's partition count) or checks theirs. */
+  static void createByUserTopics(Admin admin, Config c) throws InterruptedException {
+    int partitions = c.integer("partitions");
+    for (String kind : List.of("posts", "objections")) {
+      String topic = byUserTopic(c, kind);
+      try {
+        admin.createTopics(List.of(new NewTopic(topic, Optional.of(partitions), Optional.empty())))
+            .all()
+            .get();
+      } catch (ExecutionException e) {
+        if (!(e.getCause() instanceof TopicExistsException)) {
+          throw new IllegalStateException("cannot create " + topic + ": " + e.getCause());
+        }
+      }
+      int have;
+      try {
+        have = admin.describeTopics(List.of(topic)).allTopicNames().get().get(topic).partitions().size();
+      } catch (ExecutionException e) {
+        throw new IllegalStateException("cannot describe " + topic + ": " + e.getCause());
+      }
+      if (have != partitions) {
+        throw new IllegalStateException(
+            topic + " has " + have + " partitions, not --partitions " + partitions);
+      }
+    }
+  }
+
+  /** The last stable offsets of a topic's partitions. */
+  static Map<TopicPartition, Long> endOffsets(Admin admin, String topic)
+      throws InterruptedException {
+    try {
+      var description = admin.describeTopics(List.of(topic)).allTopicNames().get().get(topic);
+      Map<TopicPartition, OffsetSpec> specs = new HashMap<>();
+      for (var p : description.partitions()) {
+        specs.put(new TopicPartition(topic, p.partition()), OffsetSpec.latest());
+      }
+      Map<TopicPartition, Long> out = new HashMap<>();
+      var offsets =
+          admin.listOffsets(specs, new ListOffsetsOptions(IsolationLevel.READ_COMMITTED)).all().get();
+      offsets.forEach((tp, info) -> out.put(tp, info.offset()));
+      return out;
+    } catch (ExecutionException e) {
+      throw new IllegalStateException("cannot list the offsets of " + topic + ": " + e.getCause());
+    }
+  }
+
+  /** Whether the re-keying stage has committed every partition up to {@code targets}. */
+  static boolean caughtUp(Admin admin, String group, Map<TopicPartition, Long> targets)
+      throws InterruptedException, ExecutionException {
+    Map<TopicPartition, OffsetAndMetadata> committed =
+        admin.listConsumerGroupOffsets(group).partitionsToOffsetAndMetadata().get();
+    for (Map.Entry<TopicPartition, Long> t : targets.entrySet()) {
+      if (t.getValue() <= 0) {
+        continue;
+      }
+      OffsetAndMetadata at = committed.get(t.getKey());
+      if (at == null || at.offset() < t.getValue()) {
+        return false;
+      }
+    }
+    return true;
   }
 }

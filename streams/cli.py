@@ -11,88 +11,22 @@ import os
 import socket
 import sys
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
-from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 
-from .connection import kafka_failure, registry_config
+from . import operator_cli
+from .connection import kafka_failure
 from .policy import PolicyError, load_policy
-from .settings import Settings, SettingsError, add_common_arguments, from_args
+from .registry import make_codec, register_output_schemas
+from .settings import CliError, Settings, SettingsError, add_common_arguments, from_args
 
 EXIT_CONFIG = 2
-
-
-class CliError(Exception):
-    """A one-line reason to stop a command."""
 
 
 def _fail(message: str) -> int:
     print(f"enforcer: error: {message}", file=sys.stderr, flush=True)
     return EXIT_CONFIG
-
-
-# seconds a schema registry request may take: the client's default is no limit, and the
-# gate's event loop waits for it (see codec.REGISTRY_BUDGET)
-REGISTRY_REQUEST_TIMEOUT = 1.0
-
-
-def make_codec(settings: Settings, registry_errors: Any = None):
-    """The codec, with a schema registry client when one is configured. The client
-    does not retry by itself (it would wait seconds): the codec retries briefly and
-    counts failed requests in ``registry_errors`` (``Codec``)."""
-    from .codec import Codec
-
-    if not settings.schema_registry_url:
-        return Codec(registry_errors=registry_errors)
-    from confluent_kafka.schema_registry import SchemaRegistryClient
-
-    client = SchemaRegistryClient.new_client(
-        {**registry_config(settings), "timeout": REGISTRY_REQUEST_TIMEOUT, "max.retries": 0}
-    )
-    return Codec(client, registry_errors=registry_errors)
-
-
-def register_output_schemas(codec: Any, settings: Settings) -> None:
-    """With a schema registry: register the schemas of the worker's output records now,
-    waiting up to ``--registry-timeout`` for a registry that does not answer, so that
-    no output waits for the registry later (``CliError`` if it never answers, or
-    refuses a schema)."""
-    from .codec import (
-        CONSENT_RECEIPT,
-        DECISION,
-        RETRACTION,
-        TRAINING_RECORD,
-        RegistryUnavailable,
-        wait_for_registry,
-    )
-
-    if not codec.uses_registry:
-        return
-    s = settings
-
-    def waiting(exc: Exception, wait: float) -> None:
-        print(f"enforcer: {exc}; asking again in {wait:.0f} s", file=sys.stderr, flush=True)
-
-    for name, topic in (
-        (TRAINING_RECORD, s.training_topic),
-        (RETRACTION, s.retractions_topic),
-        (DECISION, s.decisions_topic),
-        (CONSENT_RECEIPT, s.receipts_topic),
-    ):
-        try:
-            wait_for_registry(partial(codec.wire_prefix, name, topic), s.registry_timeout, waiting)
-        except RegistryUnavailable as exc:
-            raise CliError(
-                f"{exc} (the schema registry at {s.schema_registry_url} did not answer for "
-                f"--registry-timeout {s.registry_timeout:g} s)"
-            ) from None
-        except Exception as exc:  # a definite refusal by the registry
-            raise CliError(
-                f"the schema registry at {s.schema_registry_url} refused the {name} schema "
-                f"for {topic}-value: {exc}"
-            ) from None
 
 
 def _check_data_dir(path: Path) -> None:
@@ -170,8 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
     topics_sub = topics.add_subparsers(dest="topics_command", required=True)
     create = topics_sub.add_parser("create", help="create every topic (idempotent)")
     add_common_arguments(create)
-    from . import operator_cli
-
     operator_cli.add_parsers(sub)
     return parser
 
@@ -186,8 +118,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_worker(settings)
         if args.command == "topics":
             return cmd_topics_create(settings)
-        from . import operator_cli
-
         return operator_cli.run(args, settings)
     except (SettingsError, PolicyError, CliError) as exc:
         return _fail(str(exc))

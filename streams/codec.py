@@ -43,6 +43,9 @@ from .avro_compiled import (
     compile_writer,
 )
 
+# defined with the record checks (the core), which raise it too; the codec's to raise
+from .records import DecodeError as DecodeError
+
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = 0
@@ -53,10 +56,6 @@ TRAINING_RECORD = "TrainingRecord"
 RETRACTION = "Retraction"
 DECISION = "Decision"
 CONSENT_RECEIPT = "ConsentReceipt"
-
-
-class DecodeError(ValueError):
-    """Bytes that cannot be read as a known record; the message is the DLQ reason."""
 
 
 class RegistryUnavailable(Exception):

@@ -148,8 +148,7 @@ def _start_broker(
 def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     """Run the demo until ``--duration`` or Ctrl-C; always clean up."""
     from .connection import connection_flags, kafka_failure
-    from .operator_cli import make_generator
-    from .produce import produce_records, traffic_producer
+    from .produce import make_generator, produce_records, traffic_producer
     from .topics import ensure_topics, preflight
 
     explicit = bool(args.bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))

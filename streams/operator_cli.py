@@ -7,7 +7,10 @@ import sys
 import time
 from pathlib import Path
 
-from .settings import Settings, SettingsError, add_common_arguments
+from .demo import run_demo
+from .produce import make_generator
+from .registry import make_codec
+from .settings import CliError, Settings, SettingsError, add_common_arguments
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -152,28 +155,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return cmd_audit(args, settings)
     if args.command == "verify":
         return cmd_verify(args, settings)
-    from .demo import run_demo
-
     return run_demo(args, settings)
-
-
-def make_generator(args: argparse.Namespace, settings: Settings):
-    """A traffic generator from the traffic flags."""
-    from .cli import make_codec
-    from .generator import TrafficGenerator
-
-    if args.gen_users < 1:
-        raise SettingsError("--users must be at least 1")
-    if not 0 <= args.bad_ratio < 1 or not 0 <= args.objection_rate < 1:
-        raise SettingsError("--bad-ratio and --objection-rate must be between 0 and 1")
-    return TrafficGenerator(
-        args.gen_users,
-        args.seed,
-        objector_share=args.objector_share,
-        objection_rate=args.objection_rate,
-        bad_ratio=args.bad_ratio,
-        codec=make_codec(settings),
-    )
 
 
 def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
@@ -194,7 +176,6 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     """Run an operator replay and print its summary."""
-    from .cli import CliError, make_codec
     from .replay import ReplayError, ReplayPlan, format_report, now_ms, parse_time, run_replay
 
     users: set[str] | None = None
@@ -226,7 +207,6 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     """Print one user's timeline (``audit.py``)."""
     from .audit import as_json, as_text, audit
-    from .cli import make_codec
     from .replay import parse_time
 
     start = parse_time(args.start, "--from")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import threading
 import time
 from collections import Counter
@@ -11,7 +12,24 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from .connection import command_config, raise_if_denied
 from .generator import Generated, TrafficGenerator
-from .settings import Settings
+from .registry import make_codec
+from .settings import Settings, SettingsError
+
+
+def make_generator(args: argparse.Namespace, settings: Settings) -> TrafficGenerator:
+    """A traffic generator from the traffic flags (``generate``, ``demo``)."""
+    if args.gen_users < 1:
+        raise SettingsError("--users must be at least 1")
+    if not 0 <= args.bad_ratio < 1 or not 0 <= args.objection_rate < 1:
+        raise SettingsError("--bad-ratio and --objection-rate must be between 0 and 1")
+    return TrafficGenerator(
+        args.gen_users,
+        args.seed,
+        objector_share=args.objector_share,
+        objection_rate=args.objection_rate,
+        bad_ratio=args.bad_ratio,
+        codec=make_codec(settings),
+    )
 
 
 def traffic_producer(settings: Settings) -> Producer:

@@ -1,9 +1,10 @@
 """What counts as a valid input record beyond its Avro schema, and where a user lives.
 
 ``check_post`` / ``check_objection`` raise ``DecodeError`` (the DLQ reason) for values
-that decode but cannot be enforced. ``partition_for_user`` is the one partitioner of
-the internal topics and tables: Java's default (murmur2 of the UTF-8 user id), so
-any Kafka client can compute the same partition. No Kafka here.
+that decode but cannot be enforced; the codec raises it too, for bytes it cannot read.
+``partition_for_user`` is the one partitioner of the internal topics and tables: Java's
+default (murmur2 of the UTF-8 user id), so any Kafka client can compute the same
+partition. No Kafka here.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from aiokafka.partitioner import murmur2
-
-from .codec import DecodeError
-
 MAX_ID_BYTES = 1000
+
+
+class DecodeError(ValueError):
+    """Bytes that cannot be read as a known record; the message is the DLQ reason."""
+
 
 # Headers of the internal user-events topic (and of DLQ records, for source.*)
 KIND = "enforcer.kind"
@@ -151,8 +153,59 @@ def check_objection(event: Mapping[str, Any]) -> None:
 
 def partition_for_user(user_key: bytes, partitions: int) -> int:
     """The internal partition of a user: ``murmur2(key) & 0x7fffffff % partitions``."""
-    hashed: int = murmur2(user_key)
-    return (hashed & 0x7FFFFFFF) % partitions
+    return (murmur2(user_key) & 0x7FFFFFFF) % partitions
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 of ``data``, as Java's ``Utils.murmur2`` (the default partitioner)
+    computes it; the same code as aiokafka's ``partitioner.murmur2`` (Apache-2.0), here
+    so that the core imports no Kafka client."""
+    length = len(data)
+    seed = 0x9747B28C
+    # 'm' and 'r' are mixing constants generated offline
+    m = 0x5BD1E995
+    r = 24
+    h = seed ^ length
+    length4 = length // 4
+    for i in range(length4):
+        i4 = i * 4
+        k = (
+            (data[i4 + 0] & 0xFF)
+            + ((data[i4 + 1] & 0xFF) << 8)
+            + ((data[i4 + 2] & 0xFF) << 16)
+            + ((data[i4 + 3] & 0xFF) << 24)
+        )
+        k &= 0xFFFFFFFF
+        k *= m
+        k &= 0xFFFFFFFF
+        k ^= (k % 0x100000000) >> r  # k ^= k >>> r
+        k &= 0xFFFFFFFF
+        k *= m
+        k &= 0xFFFFFFFF
+        h *= m
+        h &= 0xFFFFFFFF
+        h ^= k
+        h &= 0xFFFFFFFF
+    # the last few bytes of the input
+    extra_bytes = length % 4
+    if extra_bytes >= 3:
+        h ^= (data[(length & ~3) + 2] & 0xFF) << 16
+        h &= 0xFFFFFFFF
+    if extra_bytes >= 2:
+        h ^= (data[(length & ~3) + 1] & 0xFF) << 8
+        h &= 0xFFFFFFFF
+    if extra_bytes >= 1:
+        h ^= data[length & ~3] & 0xFF
+        h &= 0xFFFFFFFF
+        h *= m
+        h &= 0xFFFFFFFF
+    h ^= (h % 0x100000000) >> 13  # h >>> 13
+    h &= 0xFFFFFFFF
+    h *= m
+    h &= 0xFFFFFFFF
+    h ^= (h % 0x100000000) >> 15  # h >>> 15
+    h &= 0xFFFFFFFF
+    return h
 
 
 def dlq_record_size(key: bytes | None, value: bytes | None, headers: Sequence[Any]) -> int:

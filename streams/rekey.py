@@ -60,6 +60,7 @@ from .records import (
     pack_source,
     source_prefix,
 )
+from .registry import make_codec
 from .settings import Settings
 from .topics import DataLossError, RenewingAdmin
 
@@ -213,8 +214,6 @@ def run_stage(
         format="[%(asctime)s] [%(process)s] [%(levelname)s] [rekey] %(message)s",
         stream=sys.stderr,
     )
-    from .cli import make_codec
-
     codec = make_codec(settings, registry_errors)
     Rekeyer(settings, codec, stopping, assigned, counts, blocked).run()
 

@@ -51,6 +51,10 @@ class SettingsError(ValueError):
     """Configuration that cannot work; the message is one line for the operator."""
 
 
+class CliError(Exception):
+    """A one-line reason to stop a command (other than a setting that cannot work)."""
+
+
 # -- secured clusters: how every Kafka client and the schema registry client connect
 # (streams/connection.py builds the clients' configurations from these) --
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")

@@ -4,9 +4,11 @@ counts as an enforceable post beyond its schema."""
 from __future__ import annotations
 
 import pytest
+from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 from hypothesis import given
 from hypothesis import strategies as st
 
+from streams import codec, records
 from streams.codec import DecodeError
 from streams.records import (
     KIND,
@@ -74,3 +76,15 @@ def test_a_country_that_is_not_two_capital_letters_is_refused(country):
     with pytest.raises(DecodeError, match="alpha-2"):
         check_post_fields("p1", "u1", country)
     check_post_fields("p1", "u1", "GB")
+
+
+@given(st.binary(max_size=70))
+def test_murmur2_is_kafkas(data: bytes) -> None:
+    # the core's own copy (it imports no Kafka client), as aiokafka and Java compute it
+    assert records.murmur2(data) == aiokafka_murmur2(data)
+    # Kafka's own test vector (UtilsTest): murmur2("21") == -973932308 as a Java int
+    assert records.murmur2(b"21") == -973932308 & 0xFFFFFFFF
+
+
+def test_the_codec_raises_the_cores_decode_error() -> None:
+    assert codec.DecodeError is records.DecodeError

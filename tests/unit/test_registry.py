@@ -19,7 +19,6 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 import streams.agents as agents
 import streams.codec as codec_module
 from streams.agents import Processor
-from streams.cli import register_output_schemas
 from streams.codec import (
     DECISION,
     OBJECTION,
@@ -34,6 +33,7 @@ from streams.metrics import Metrics
 from streams.offsets import Admit
 from streams.policy import load_policy
 from streams.records import KIND_OBJECTION, KIND_POST
+from streams.registry import register_output_schemas
 from streams.rekey import Rekeyer
 from streams.settings import Settings
 from tests.unit.test_splice import POST_RECORD, MemoryFaustTable, Recorder, _message

@@ -33,11 +33,12 @@ import threading
 import time
 import urllib.request
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import psutil
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from bench.run import broker, free_port, machine, say, settings_for, topic_flags, versions
@@ -47,7 +48,7 @@ from streams.consent import ALL, ConsentState, Mark, encode_state
 from streams.ledger import entry_key
 from streams.records import partition_for_user
 from streams.settings import Settings
-from streams.topics import ensure_topics
+from streams.topics import asked_until_answered, ensure_topics
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -263,28 +264,6 @@ class Trickle(threading.Thread):
         producer.flush(30)
 
 
-_TRANSIENT = {
-    KafkaError.NOT_LEADER_FOR_PARTITION,
-    KafkaError.LEADER_NOT_AVAILABLE,
-    KafkaError._TIMED_OUT,
-    KafkaError._TRANSPORT,
-}
-
-
-def _retrying(ask: Any, within: float = 120.0) -> Any:
-    """``ask()``, asked again while the broker answers with a retriable error (a single
-    broker on a starved machine is briefly fenced by its own controller)."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            return ask()
-        except KafkaException as exc:
-            error = exc.args[0]
-            if time.monotonic() > deadline or not (error.retriable() or error.code() in _TRANSIENT):
-                raise
-            time.sleep(0.5)
-
-
 class Decisions(threading.Thread):
     """Reads the decisions topic from its end: (post id, decision record timestamp)."""
 
@@ -302,7 +281,9 @@ class Decisions(threading.Thread):
         )
         tps = [TopicPartition(s.decisions_topic, p) for p in range(PARTITIONS)]
         for tp in tps:
-            tp.offset = _retrying(lambda tp=tp: self.consumer.get_watermark_offsets(tp, 10)[1])
+            tp.offset = asked_until_answered(
+                partial(self.consumer.get_watermark_offsets, tp, 10), "decisions end"
+            )[1]
         self.consumer.assign(tps)
         self.seen: list[tuple[str, float]] = []
         self.stop_event = threading.Event()

@@ -31,6 +31,7 @@ import os
 import signal
 import sys
 import time
+from functools import partial
 from typing import Any
 
 from confluent_kafka import (
@@ -62,7 +63,7 @@ from .records import (
 )
 from .registry import make_codec
 from .settings import Settings
-from .topics import DataLossError, RenewingAdmin
+from .topics import DataLossError, RenewingAdmin, asked_until_answered
 
 log = logging.getLogger("streams.rekey")
 
@@ -465,10 +466,14 @@ class Rekeyer:
         elif error.code() == KafkaError._AUTO_OFFSET_RESET:
             # the next record to read was deleted by retention while the stage read
             tp = TopicPartition(msg.topic(), msg.partition())
-            low, _ = consumer.get_watermark_offsets(tp, timeout=30)
+            low, _ = asked_until_answered(
+                lambda: consumer.get_watermark_offsets(tp, timeout=30), "earliest offset"
+            )
             start = self._done.get((tp.topic, tp.partition))
             if start is None:
-                start = consumer.committed([tp], timeout=30)[0].offset
+                start = asked_until_answered(
+                    lambda: consumer.committed([tp], timeout=30), "committed offset"
+                )[0].offset
             tp.offset = self._skip_gap(tp.topic, tp.partition, max(start, 0), low)
             consumer.seek(tp)
         elif error.code() != KafkaError._PARTITION_EOF:
@@ -478,9 +483,16 @@ class Rekeyer:
         """Where newly assigned input partitions start: the committed offset, or the
         beginning for a partition never committed; a committed offset that retention
         has deleted past is a gap (``_skip_gap``)."""
+        # asked again while leaders move (a broker restarting): an error raised here
+        # comes out of consume() and would stop the stage and the worker
         positions = []
-        for tp in consumer.committed(partitions, timeout=30):
-            low, _ = consumer.get_watermark_offsets(tp, timeout=30)
+        committed = asked_until_answered(
+            lambda: consumer.committed(partitions, timeout=30), "committed offsets"
+        )
+        for tp in committed:
+            low, _ = asked_until_answered(
+                partial(consumer.get_watermark_offsets, tp, timeout=30), "earliest offset"
+            )
             if tp.offset < 0:  # never committed: from the beginning
                 tp.offset = low
             elif tp.offset < low:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import (
     ConsumerGroupTopicPartitions,
@@ -31,6 +32,8 @@ from confluent_kafka.admin import (
 from . import connection
 from .connection import QUIET, command_config, librdkafka_config
 from .settings import Settings, SettingsError
+
+T = TypeVar("T")
 
 TABLES = ("consent", "ledger")
 log = logging.getLogger(__name__)
@@ -114,8 +117,47 @@ STALE_METADATA = frozenset(
 
 def stale_metadata(exc: BaseException) -> bool:
     """Whether a Kafka error says the client's view of the partition leaders is old."""
+    error = kafka_error(exc)
+    return error is not None and error.code() in STALE_METADATA
+
+
+# Errors a broker gives while leaders or coordinators move (a broker restarting, a
+# rebalance): asked again, not acted on (the other codes are librdkafka's retriable ones)
+TRANSIENT = STALE_METADATA | {
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.NOT_ENOUGH_REPLICAS,
+    KafkaError.REQUEST_TIMED_OUT,
+    KafkaError._TIMED_OUT,
+    KafkaError._TRANSPORT,
+    KafkaError._ALL_BROKERS_DOWN,
+}
+
+
+def kafka_error(exc: BaseException) -> KafkaError | None:
+    """The ``KafkaError`` of a ``KafkaException``, None for anything else."""
     error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
-    return isinstance(error, KafkaError) and error.code() in STALE_METADATA
+    return error if isinstance(error, KafkaError) else None
+
+
+def asked_until_answered(ask: Callable[[], T], what: str, within: float = 120.0) -> T:
+    """``ask()``, asked again (with a growing pause) while the broker answers with a
+    transient error, for at most ``within`` seconds; then, or on any other error, the
+    error is raised."""
+    deadline = time.monotonic() + within
+    pause = 0.1
+    while True:
+        try:
+            return ask()
+        except KafkaException as exc:
+            error = kafka_error(exc)
+            transient = error is not None and (error.retriable() or error.code() in TRANSIENT)
+            if not transient or time.monotonic() + pause > deadline:
+                raise
+            log.warning("%s: %s; asking again", what, error)
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
 
 class RenewingAdmin:

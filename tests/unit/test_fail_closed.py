@@ -8,7 +8,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -27,7 +27,7 @@ from streams.policy import load_policy
 from streams.records import DLQ_REFERENCE, KIND_OBJECTION, KIND_POST, partition_for_user
 from streams.rekey import Rekeyer
 from streams.settings import Settings, SettingsError, validate
-from streams.topics import RenewingAdmin
+from streams.topics import RenewingAdmin, asked_until_answered
 from tests.unit.test_splice import CODEC, POST_RECORD, _gate, _message
 
 POLICY = load_policy()
@@ -316,3 +316,62 @@ def test_a_stale_leader_view_renews_the_admin_client(code, renewed, monkeypatch)
     assert stage._objections_behind(None) == [0]
     assert (stage._admin.client is not first) is renewed
     assert len(made) == 1 + renewed
+
+
+def test_a_transient_error_is_asked_again_and_others_are_raised(monkeypatch):
+    monkeypatch.setattr("streams.topics.time.sleep", lambda seconds: None)
+    answers: list = [
+        KafkaException(KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION)),
+        KafkaException(KafkaError(KafkaError.NOT_COORDINATOR)),
+        "answer",
+    ]
+
+    def ask():
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert asked_until_answered(ask, "test") == "answer"
+    refused = KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
+    answers[:] = [refused, "never asked"]
+    with pytest.raises(KafkaException) as raised:
+        asked_until_answered(ask, "test")
+    assert raised.value is refused and answers == ["never asked"]
+
+
+def test_a_transient_error_that_lasts_is_raised_after_the_deadline(monkeypatch):
+    clock = iter(range(0, 1000, 10))
+    monkeypatch.setattr("streams.topics.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("streams.topics.time.sleep", lambda seconds: None)
+
+    def ask():
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+
+    with pytest.raises(KafkaException):
+        asked_until_answered(ask, "test", within=100)
+
+
+def test_the_stage_asks_again_for_start_positions_while_a_leader_moves(monkeypatch):
+    """The second long chaos run: a broker restarting answered the re-keying stage's
+    watermark lookup on assignment with NOT_LEADER_FOR_PARTITION; the error came out of
+    consume(), stopped the stage, and every worker exited 70 at once."""
+    monkeypatch.setattr("streams.topics.time.sleep", lambda seconds: None)
+
+    class Consumer:
+        calls = 0
+
+        def committed(self, partitions, timeout):
+            return [TopicPartition(tp.topic, tp.partition, 7) for tp in partitions]
+
+        def get_watermark_offsets(self, tp, timeout):
+            Consumer.calls += 1
+            if Consumer.calls == 1:
+                raise KafkaException(KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION))
+            return 3, 10
+
+    stage = Rekeyer.__new__(Rekeyer)
+    stage._done = {}
+    positions = stage._start_positions(Consumer(), [TopicPartition("posts", 0)])
+    assert [(tp.topic, tp.partition, tp.offset) for tp in positions] == [("posts", 0, 7)]
+    assert Consumer.calls == 2

@@ -262,9 +262,17 @@ def test_the_statefulset_agrees_with_the_cli_and_the_image(monkeypatch):
     sts = docs["StatefulSet"]
     pod = sts["spec"]["template"]
     (container,) = pod["spec"]["containers"]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    # the pod's own name (the downward API) serves only to build the advertised URL
+    pod_name = {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+    assert container["env"][0] == pod_name
+    env = {
+        e["name"]: e["value"].replace("$(POD_NAME)", "objection-enforcer-0")
+        for e in container["env"][1:]
+    }
     assert set(env) <= ENV_READ, set(env) - ENV_READ
     s = settings_under(env, container["args"], monkeypatch)
+    # the consent lookup reaches each worker by its name under the headless service
+    assert s.lookup_url == "http://objection-enforcer-0.objection-enforcer:6066"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["http"] == s.web_port and s.web_host == "0.0.0.0"
     probe = container["readinessProbe"]["httpGet"]
@@ -285,6 +293,7 @@ def test_the_statefulset_agrees_with_the_cli_and_the_image(monkeypatch):
     assert container["resources"]["requests"]["cpu"] and container["resources"]["limits"]
     service = docs["Service"]
     assert service["spec"]["clusterIP"] == "None"
+    assert service["metadata"]["name"] == "objection-enforcer"  # in the advertised URL
     assert sts["spec"]["serviceName"] == service["metadata"]["name"]
     labels = pod["metadata"]["labels"]
     assert docs["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"].items() <= labels.items()

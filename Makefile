@@ -40,11 +40,12 @@ chaos: setup
 	$(PY) -m tests.chaos $(CHAOS_ARGS)
 
 # The Quix Streams peer of the benchmark, in its own environment (it pins an older
-# confluent-kafka); it imports the enforcer's codec and policy modules.
-$(PEER_STAMP): pyproject.toml
+# confluent-kafka); it imports the enforcer's codec and policy modules. Every package
+# pinned exactly: bench/peer-quix-requirements.txt.
+$(PEER_STAMP): pyproject.toml bench/peer-quix-requirements.txt
 	test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV)
 	$(PEER_VENV)/bin/pip install -q --upgrade pip
-	$(PEER_VENV)/bin/pip install -q "quixstreams==3.28.1" "fastavro>=1.13.1" "aiokafka>=0.14.0"
+	$(PEER_VENV)/bin/pip install -q -r bench/peer-quix-requirements.txt
 	$(PEER_VENV)/bin/pip install -q --no-deps -e .
 	touch $(PEER_STAMP)
 

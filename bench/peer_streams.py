@@ -38,9 +38,9 @@ JAR = PROJECT / "target" / "peer-streams.jar"
 STAMP = PROJECT / "target" / ".sources.sha256"
 SCHEMAS = ROOT / "streams" / "schemas"
 GUARANTEES = ("at_least_once", "exactly_once_v2")
-# the JVM's heap: fixed, so that RSS compares across runs (the default is a quarter of RAM)
+# the JVM's heap: at most 1 GiB (the default is a quarter of RAM), grown as needed, so that
+# RSS is what the peer uses
 JVM_OPTS = (
-    "-Xms512m",
     "-Xmx1g",
     "-XX:+UseG1GC",
     "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",

@@ -26,6 +26,7 @@ import org.apache.kafka.clients.consumer.OffsetAndMetadata;
 import org.apache.kafka.common.IsolationLevel;
 import org.apache.kafka.common.TopicPartition;
 import org.apache.kafka.common.errors.TopicExistsException;
+import org.apache.kafka.common.errors.UnknownTopicOrPartitionException;
 import org.apache.kafka.common.header.Headers;
 import org.apache.kafka.common.header.internals.RecordHeaders;
 import org.apache.kafka.common.serialization.Deserializer;
@@ -649,11 +650,16 @@ public final class PeerStreams {
             Stores.persistentKeyValueStore(LIVE), Serdes.Bytes(), Serdes.ByteArray()));
     Map<String, KStream<String, In>> byUser = new HashMap<>();
     for (String kind : List.of("posts", "objections")) {
-      byUser.put(
-          kind,
-          b.stream(
-              byUserTopic(c, kind),
-              Consumed.with(Serdes.String(), InSerde.serde()).withName(kind + "-by-user")));
+      Consumed<String, In> consumed =
+          Consumed.with(Serdes.String(), InSerde.serde()).withName(kind + "-by-user");
+      if (kind.equals("objections")) {
+        // an objection and a post of the same millisecond: the objection first (fail closed,
+        // as the enforcer forwards the objections of a batch before its posts); the join
+        // orders records by timestamp, and breaks ties arbitrarily
+        consumed =
+            consumed.withTimestampExtractor((r, partitionTime) -> Math.max(0, r.timestamp() - 1));
+      }
+      byUser.put(kind, b.stream(byUserTopic(c, kind), consumed));
     }
 
     // 2. consent: a table aggregated from each user's objection events
@@ -856,11 +862,19 @@ public final class PeerStreams {
           throw new IllegalStateException("cannot create " + topic + ": " + e.getCause());
         }
       }
-      int have;
-      try {
-        have = admin.describeTopics(List.of(topic)).allTopicNames().get().get(topic).partitions().size();
-      } catch (ExecutionException e) {
-        throw new IllegalStateException("cannot describe " + topic + ": " + e.getCause());
+      int have = -1;
+      long deadline = System.nanoTime() + 60_000_000_000L;
+      while (have < 0) { // a topic just created may not be in the metadata yet
+        try {
+          have =
+              admin.describeTopics(List.of(topic)).allTopicNames().get().get(topic).partitions().size();
+        } catch (ExecutionException e) {
+          if (!(e.getCause() instanceof UnknownTopicOrPartitionException)
+              || System.nanoTime() > deadline) {
+            throw new IllegalStateException("cannot describe " + topic + ": " + e.getCause());
+          }
+          Thread.sleep(100);
+        }
       }
       if (have != partitions) {
         throw new IllegalStateException(

@@ -21,11 +21,11 @@ processes as the enforcer runs (a worker and its re-keying child):
 2. **The gate** (the main process; a Quix ``Application``, one ``StreamingDataFrame``
    over the internal topic, ``--processes`` of them in one consumer group): decodes
    once, decides with the enforcer's rules and writes through ``to_topic``. State is
-   RocksDB with changelog topics, raw bytes through ``get_bytes``/``set_bytes``: a
-   user's consent (``consent.encode_state``) and live posts (length-prefixed ids and
-   platforms). A current-schema post is scanned, not decoded, and its TrainingRecord
-   and Decision spliced from its bytes by the enforcer's codec; other records are
-   decoded and encoded by it.
+   RocksDB with changelog topics, raw bytes through ``get_bytes``/``set_bytes``: one
+   value per user, their consent (``consent.encode_state``) and live posts
+   (length-prefixed ids and platforms), so one read per record. A current-schema
+   post is scanned, not decoded, and its TrainingRecord and Decision spliced from its
+   bytes by the enforcer's codec; other records are decoded and encoded by it.
 
 Byte for byte the enforcer's TrainingRecord, Decision, Retraction and ConsentReceipt
 encodings (``decided_at`` and other clock fields aside); dead letters with its headers.
@@ -43,6 +43,7 @@ import ctypes
 import http.server
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import struct
@@ -106,7 +107,7 @@ log = logging.getLogger("bench.peer_quix")
 # the input's key (-1: no key); then the key, then the input's value unchanged.
 ENVELOPE = struct.Struct(">cIqi")
 KIND_POST, KIND_OBJECTION = b"p", b"o"
-CONSENT, LIVE = b"c", b"l"  # a user's two state keys (under the user's key prefix)
+USER = b"u"  # the state key of a user's value (under the user's key prefix)
 BATCH = 5000  # records the re-keyer takes per consume
 REKEY_COMMIT_INTERVAL = 1.0  # seconds, as the enforcer's re-keying stage
 # as the enforcer: a forwarded record leaves this much of the record limit for its
@@ -179,15 +180,31 @@ def live_has(blob: bytes | None, post_id: str) -> bool:
     return bool(blob) and _live_needle(post_id) in blob and post_id in live_parse(blob)
 
 
-def live_put(blob: bytes | None, post_id: str, platform: str) -> bytes:
-    """``blob`` with ``post_id`` live on ``platform``."""
-    if not blob:
-        return _live_entry(post_id, platform)
-    if live_has(blob, post_id):
-        posts = live_parse(blob)
+# -- a user's value: len(consent) (4 bytes) + consent (``consent.encode_state``, empty
+#    for none) + live posts: one state read per record, and a post published appends
+#    to it -------------------------------------------------------------------------------
+def user_split(stored: bytes | None) -> tuple[bytes | None, bytes]:
+    """A user's stored value as (consent or None, live posts)."""
+    if not stored:
+        return None, b""
+    end = 4 + int.from_bytes(stored[:4], "big")
+    return stored[4:end] or None, stored[end:]
+
+
+def user_join(consent: bytes | None, live: bytes) -> bytes:
+    """Inverse of ``user_split``."""
+    consent = consent or b""
+    return len(consent).to_bytes(4, "big") + consent + live
+
+
+def user_with_live(stored: bytes | None, live: bytes, post_id: str, platform: str) -> bytes:
+    """``stored`` (whose live posts are ``live``) with ``post_id`` live on ``platform``:
+    appended, unless it is live already."""
+    if live_has(live, post_id):
+        posts = live_parse(live)
         posts[post_id] = platform
-        return live_encode(posts)
-    return blob + _live_entry(post_id, platform)
+        return user_join(user_split(stored)[0], live_encode(posts))
+    return (stored or user_join(None, b"")) + _live_entry(post_id, platform)
 
 
 # -- stage 1: re-keying --------------------------------------------------------------
@@ -555,9 +572,11 @@ class Gate:
         be decided from a decoded record (a live post no longer eligible)."""
         post_id, _user_id, platform, visibility, country, adult = fields
         policy = self.policy
-        objected = stored_objects(state.get_bytes(CONSENT), platform)
+        stored = state.get_bytes(USER)
+        consent, live = user_split(stored)
+        objected = stored_objects(consent, platform)
         reason = policy.reason_of(visibility, adult, country, platform, objected)
-        outcome = post_outcome(reason, lambda: live_has(state.get_bytes(LIVE), post_id), False)
+        outcome = post_outcome(reason, lambda: live_has(live, post_id), False)
         if outcome is Outcome.RETRACTED:
             return None
         assert outcome is not None  # live traffic always gets a decision
@@ -569,46 +588,46 @@ class Gate:
         if outcome is not Outcome.PUBLISHED:
             return [(self.decisions, key, decision, None)]
         # in the live posts before it is published, so that it is always retractable
-        state.set_bytes(LIVE, live_put(state.get_bytes(LIVE), post_id, platform))
+        state.set_bytes(USER, user_with_live(stored, live, post_id, platform))
         training = self._splices[0](data, starts, *training_values(policy, now))
         return [(self.training, key, training, None), (self.decisions, key, decision, None)]
 
     def _post(self, post: dict[str, Any], source: Source, state: State) -> list[Output]:
-        blob = state.get_bytes(LIVE)
-        consent = decode_state(state.get_bytes(CONSENT))
-        fx = on_post(self.policy, post, consent, live_has(blob, post["post_id"]), _now_ms(), source)
-        self._update_live(state, blob, fx)
+        consent, live = user_split(state.get_bytes(USER))
+        is_live = live_has(live, post["post_id"])
+        fx = on_post(self.policy, post, decode_state(consent), is_live, _now_ms(), source)
+        if fx.ledger_add or fx.ledger_remove:
+            self._store(state, consent, live, fx)
         return self._outputs(fx)
 
     def _objection(self, event: dict[str, Any], source: Source, state: State) -> list[Output]:
-        blob = state.get_bytes(LIVE)
-        consent = decode_state(state.get_bytes(CONSENT))
+        consent, live = user_split(state.get_bytes(USER))
         new_state, fx = on_objection(
             self.policy,
-            consent,
+            decode_state(consent),
             event,
-            live_parse(blob),
+            live_parse(live),
             _now_ms(),
             source,
             self.max_clock_skew_ms,
         )
-        # always written, even when unchanged, as the enforcer does
-        state.set_bytes(CONSENT, encode_state(new_state))
-        self._update_live(state, blob, fx)
+        # the consent always written, even when unchanged, as the enforcer does
+        self._store(state, encode_state(new_state), live, fx)
         return self._outputs(fx)
 
     @staticmethod
-    def _update_live(state: State, blob: bytes | None, fx: Effects) -> None:
-        if not (fx.ledger_add or fx.ledger_remove):
-            return
-        posts = live_parse(blob)
-        posts.update(fx.ledger_add)
-        for post_id in fx.ledger_remove:
-            posts.pop(post_id, None)
-        if posts:
-            state.set_bytes(LIVE, live_encode(posts))
+    def _store(state: State, consent: bytes | None, live: bytes, fx: Effects) -> None:
+        """Write the user's value: ``consent`` and the live posts changed by ``fx``."""
+        if fx.ledger_add or fx.ledger_remove:
+            posts = live_parse(live)
+            posts.update(fx.ledger_add)
+            for post_id in fx.ledger_remove:
+                posts.pop(post_id, None)
+            live = live_encode(posts)
+        if consent or live:
+            state.set_bytes(USER, user_join(consent, live))
         else:
-            state.delete(LIVE)
+            state.delete(USER)
 
     def _outputs(self, fx: Effects) -> list[Output]:
         """The records of ``fx``, in the enforcer's order (``agents.Processor._emit``)."""
@@ -817,15 +836,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         Readiness(args.bootstrap_servers, groups, args.web_port).start()
 
     def watch() -> None:  # a stage that dies takes the peer with it
-        while not stopping.is_set():
-            for child in children:
-                if child.exitcode is not None and not stopping.is_set():
-                    log.critical("%s exited with %s; stopping", child.name, child.exitcode)
-                    for other in children:
-                        other.kill()
-                    logging.shutdown()
-                    os._exit(70)
-            time.sleep(0.2)
+        sentinels = {child.sentinel: child for child in children}
+        ended = multiprocessing.connection.wait(list(sentinels))  # blocks, GIL released
+        if not stopping.is_set():
+            child = sentinels[ended[0]]  # type: ignore[index]
+            log.critical("%s exited with %s; stopping", child.name, child.exitcode)
+            for other in children:
+                other.kill()
+            logging.shutdown()
+            os._exit(70)
 
     threading.Thread(target=watch, daemon=True, name="watch").start()
     try:

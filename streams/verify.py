@@ -389,12 +389,19 @@ class Checker:
             timelines[user] = steps
 
         def in_force(user: str, platform: str, at: int) -> dict | None:
-            """The receipt after which the user objects on ``platform``, if any, among
-            those applied strictly before ``at``."""
+            """The receipt after which the user objects on ``platform`` at ``at``, if any.
+
+            Times are milliseconds, and a worker applies many records in one: a receipt
+            applied in the same millisecond as the decision may have come before it or
+            after it (the records do not say which). The decision is a violation only if
+            the user objected in every state it may have seen: after the receipts
+            applied before ``at``, and after each one of the same millisecond."""
             cause = None
             for applied_at, r, objected in timelines.get(user, ()):
-                if applied_at >= at:
+                if applied_at > at:
                     break
+                if applied_at == at and cause is None:
+                    return None  # the state before this receipt allowed the post
                 cause = r if platform in objected else None
             return cause
 

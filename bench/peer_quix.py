@@ -11,13 +11,14 @@ processes as the enforcer runs (a worker and its re-keying child):
 
 1. **Re-keying** (a child process; Quix's Kafka clients, ``quixstreams.kafka``): reads
    ``posts`` and ``objections`` as raw bytes, reads each value only as far as its
-   ``user_id`` and forwards it unchanged, behind a 17-byte envelope (kind, source
-   partition and offset, the input's key), to ONE internal topic keyed by user
+   ``user_id`` and forwards its bytes unchanged to ONE internal topic keyed by user
    (``repartition__<app-id>--by-user``, murmur2, ``--partitions``), with the input's
-   headers. No ``concat`` and its timestamp-aligned buffering: the order the gate needs
-   is the enforcer's, by offsets: a batch of posts is forwarded only once every
-   objection on the inputs when it was read has been forwarded. A record whose user
-   cannot be read goes to the DLQ here, as the enforcer's re-keying sends it.
+   headers and then its kind, source and key in one header, the enforcer's
+   (``records.SOURCE``): the internal records are the enforcer's. No ``concat`` and its
+   timestamp-aligned buffering: the order the gate needs is the enforcer's, by offsets:
+   a batch of posts is forwarded only once every objection on the inputs when it was
+   read has been forwarded. A record whose user cannot be read goes to the DLQ here, as
+   the enforcer's re-keying sends it.
 2. **The gate** (the main process; a Quix ``Application``, one ``StreamingDataFrame``
    over the internal topic, ``--processes`` of them in one consumer group): decodes
    once, decides with the enforcer's rules and writes through ``to_topic``. State is
@@ -46,7 +47,6 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
-import struct
 import sys
 import threading
 import time
@@ -58,7 +58,7 @@ from typing import Any
 
 from confluent_kafka import IsolationLevel, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
-from quixstreams import Application, State
+from quixstreams import Application, State, message_context
 from quixstreams.kafka import Consumer, Producer
 from quixstreams.models import TopicConfig
 from quixstreams.models.serializers import SerializationContext, Serializer
@@ -89,7 +89,10 @@ from streams.enforcement import (
 from streams.policy import Outcome, Policy, load_policy
 from streams.records import (
     DLQ_REFERENCE,
+    KIND_OBJECTION,
+    KIND_POST,
     POST_FIELDS,
+    SOURCE,
     SRC_OFFSET,
     SRC_PARTITION,
     SRC_TOPIC,
@@ -98,15 +101,14 @@ from streams.records import (
     check_post_fields,
     check_user_id,
     dlq_record_size,
+    forwarded,
+    pack_source,
+    source_prefix,
 )
 from streams.settings import Settings
 
 log = logging.getLogger("bench.peer_quix")
 
-# The envelope of an internal record: kind, source partition, source offset, length of
-# the input's key (-1: no key); then the key, then the input's value unchanged.
-ENVELOPE = struct.Struct(">cIqi")
-KIND_POST, KIND_OBJECTION = b"p", b"o"
 USER = b"u"  # the state key of a user's value (under the user's key prefix)
 BATCH = 5000  # records the re-keyer takes per consume
 REKEY_COMMIT_INTERVAL = 1.0  # seconds, as the enforcer's re-keying stage
@@ -124,22 +126,6 @@ Output = tuple[Any, bytes | None, bytes | None, list | None]
 def internal_topic(app_id: str) -> str:
     """The internal topic keyed by user (named as Quix names its repartition topics)."""
     return f"repartition__{app_id}--by-user"
-
-
-def envelope(kind: bytes, partition: int, offset: int, key: bytes | None, value: bytes) -> bytes:
-    """An internal record's value: the input's ``value`` behind its kind and source."""
-    if key is None:
-        return ENVELOPE.pack(kind, partition, offset, -1) + value
-    return ENVELOPE.pack(kind, partition, offset, len(key)) + key + value
-
-
-def open_envelope(data: bytes) -> tuple[bytes, int, int, bytes | None, bytes]:
-    """Inverse of ``envelope``: (kind, source partition, source offset, key, value)."""
-    kind, partition, offset, key_len = ENVELOPE.unpack_from(data)
-    start = ENVELOPE.size
-    if key_len < 0:
-        return kind, partition, offset, None, data[start:]
-    return kind, partition, offset, data[start : start + key_len], data[start + key_len :]
 
 
 # -- a user's live posts as bytes: per post, len(id) (2 bytes) + id + len(platform) (1
@@ -265,6 +251,8 @@ class Rekeyer:
             topics.objections: (OBJECTION, KIND_OBJECTION),
         }
         self._objection_partitions: list[int] = []
+        # per input (topic, partition): the start of its SOURCE header
+        self._source_prefixes: dict[tuple[str, int], tuple[bytes, bytes, bytes]] = {}
         self._failure: str | None = None
 
     def _delivered(self, err: KafkaError | None, _msg: Any) -> None:
@@ -407,12 +395,18 @@ class Rekeyer:
         if size > MAX_RECORD_BYTES - SOURCE_HEADER_BYTES:
             self._dlq(msg, f"record too large: {size} bytes")
             return
+        prefix = self._source_prefixes.get((topic, partition))
+        if prefix is None:
+            prefix = self._source_prefixes[(topic, partition)] = source_prefix(
+                kind, topic, partition
+            )
+        header = (SOURCE, pack_source(prefix, offset, msg.key()))
         _, timestamp = msg.timestamp()
         self.producer.produce(
             self.topics.internal,
-            envelope(kind, partition, offset, msg.key(), value),
+            value,
             user,
-            headers=own,
+            headers=[*own, header] if own else [header],  # the input's first, ours last
             timestamp=timestamp if timestamp > 0 else None,
         )
 
@@ -530,12 +524,18 @@ class Gate:
         self._splices = (training, decision) if ok else None
 
     def __call__(
-        self, value: bytes, _key: bytes, _ts: int, headers: Any, state: State
+        self, value: bytes | None, _key: bytes, _ts: int, headers: Any, state: State
     ) -> list[Output]:
         """The outputs of one internal record (``apply(stateful, expand, metadata)``)."""
-        kind, partition, offset, key, data = open_envelope(value)
-        post = kind == KIND_POST
-        source = Source(self.topics.posts if post else self.topics.objections, partition, offset)
+        src = forwarded(headers)
+        if src is None:  # not written by the re-keying stage: where it was read
+            ctx = message_context()
+            source = Source(ctx.topic, ctx.partition, ctx.offset)
+            return [self._dead_letter(_key, value, headers, source, "not a forwarded input")]
+        headers, kind, topic, partition, offset, key = src  # the input's own headers
+        data, source, post = value, Source(topic, partition, offset), kind == KIND_POST
+        if data is None:
+            return [self._dead_letter(key, data, headers, source, "null value")]
         if len(data) > self.max_post_bytes:
             reason = f"record too large: {len(data)} bytes (at most {self.max_post_bytes})"
             return [self._dead_letter(key, data, headers, source, reason)]
@@ -653,7 +653,7 @@ class Gate:
         return out
 
     def _dead_letter(
-        self, key: bytes | None, data: bytes, headers: Any, source: Source, reason: str
+        self, key: bytes | None, data: bytes | None, headers: Any, source: Source, reason: str
     ) -> Output:
         """An input the gate cannot decide, to the DLQ as the enforcer's gate sends it."""
         dlq = [

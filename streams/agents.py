@@ -107,6 +107,12 @@ class Processor:
         self.outputs = outputs
         # with fencing, one transactional producer per partition (outputs.use selects it)
         self._fencing = bool(getattr(outputs, "transactional", False))
+        # with fencing, batches of partitions whose transaction is being committed, in
+        # order, as process was given them: processed once it has committed (release)
+        self._waiting: dict[int, list[tuple[list[Any], float, int | None]]] = {}
+        # whether records may be processed now (app._dispatch_to_gate: not while Faust
+        # has its flow stopped); held records are dropped when they may not
+        self.may_process: Any = lambda: True
         self.metrics = metrics
         self.rekeyer: Any = None
         self.offsets = OffsetTracker()
@@ -148,7 +154,13 @@ class Processor:
         ``timestamp_scale``: seconds per unit of their timestamps (Faust messages have
         seconds, aiokafka records milliseconds). ``partition``: the one partition all of
         them are of, if known (with fencing the fast path needs it: its records go
-        through that partition's producer)."""
+        through that partition's producer). With fencing, records of a partition whose
+        transaction is being committed wait (``release``): they belong to its next
+        transaction, which cannot begin before the commit ends."""
+        if self._fencing and (self.outputs.committing or self._waiting):
+            messages = self._hold(messages, timestamp_scale, partition)
+            if not messages:
+                return
         self._timestamp_scale = timestamp_scale
         try:
             fast = self._fast if self._fast is not None else self._make_fast()
@@ -166,6 +178,37 @@ class Processor:
         finally:
             self._timestamp_scale = 1.0
         self.outputs.poll()
+
+    def _hold(
+        self, messages: Iterable[Any], timestamp_scale: float, partition: int | None
+    ) -> list[Any]:
+        """Keep records of partitions that are committing, or that have records waiting
+        already (order), for ``release``; returns the others."""
+        waits = self.outputs.committing
+        if partition is not None:
+            if partition in waits or partition in self._waiting:
+                batch = (list(messages), timestamp_scale, partition)
+                self._waiting.setdefault(partition, []).append(batch)
+                return []
+            return list(messages)
+        rest = []
+        for message in messages:  # a batch of several partitions (Faust's stream path)
+            p = message.partition
+            if p in waits or p in self._waiting:
+                self._waiting.setdefault(p, []).append(([message], timestamp_scale, None))
+            else:
+                rest.append(message)
+        return rest
+
+    def release(self, partition: int) -> None:
+        """``partition``'s transaction has committed: process the records that waited for
+        it, in order, into its next transaction; or drop them if records may not be
+        processed now (a rebalance: the gap makes the partition read them again)."""
+        batches = self._waiting.pop(partition, None)
+        if not batches or not self.may_process():
+            return
+        for messages, timestamp_scale, given in batches:
+            self.process(messages, timestamp_scale, given)
 
     def _make_fast(self) -> Any:
         """The native fast path (``native.py``), or False: posts are decided here."""
@@ -328,6 +371,7 @@ class Processor:
 
     def forget(self, partition: int) -> None:
         """A partition assigned anew or revoked: where it starts is looked up again."""
+        self._waiting.pop(partition, None)
         self.offsets.revoke(partition)
         self._repositioning.pop(partition, None)
         self._blocked.pop(partition, None)

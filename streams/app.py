@@ -109,10 +109,62 @@ def _dispatch_to_gate(app: faust.App, topic: str, processor: Processor) -> None:
 
     faust_compat.take_fetched(consumer, take)
     consumer.callback = on_message
+    processor.may_process = may_process  # for records held during a commit (release)
+
+
+class TransactionCommits:
+    """Commits of the open transactions (fencing) that do not hold the event loop.
+
+    Each transaction commits in a thread of its own (a flush and an EndTxn round trip,
+    10-40 ms on a loaded machine; the gate waited for them on the event loop, and at a
+    0.1 s interval it was 37% of its main thread's time). Meanwhile the gate goes on
+    with the partitions that are not committing; a committing partition's records wait
+    (``Processor.process``) and are processed into its next transaction once its commit
+    has ended, which also counts its changelog records for the tables' persisted
+    offsets (``OutputProducer.finish_commit``). One round at a time; never cancelled
+    halfway (every commit's end must be seen)."""
+
+    def __init__(self, outputs: OutputProducer, processor: Processor) -> None:
+        self.outputs = outputs
+        self.processor = processor
+        self._round: asyncio.Future | None = None
+        # the event loop waits for the commits instead, as before (A/B measurements only:
+        # bench/commit_interval.py)
+        self.blocking = os.environ.get("ENFORCER_TXN_COMMIT_BLOCKING", "0") == "1"
+
+    async def idle(self) -> None:
+        """Wait until no commit is in flight."""
+        while self._round is not None and not self._round.done():
+            await asyncio.wait([self._round])  # its failure is commit()'s to raise
+
+    async def commit(self) -> None:
+        """Begin committing every open transaction now (call with no commit in flight:
+        ``idle`` first, with no await between); return once each has ended."""
+        if self._round is not None and not self._round.done():
+            raise RuntimeError("a commit is in flight")
+        if self.blocking:  # nothing is processed meanwhile, so nothing waits
+            self.outputs.commit()
+            return
+        self._round = asyncio.ensure_future(self._finish(self.outputs.begin_commit()))
+        await self.idle()
+        self._round.result()  # a failure other than a commit's (those stop the worker)
+
+    async def _finish(self, started: list) -> None:
+        async def one(part: Any, done: Any) -> tuple[Any, str | None]:
+            return part, await asyncio.wrap_future(done)
+
+        for next_done in asyncio.as_completed([one(part, done) for part, done in started]):
+            part, error = await next_done
+            self.outputs.finish_commit(part, error)  # stops the worker on an error
+            self.processor.release(part.partition)
 
 
 def _fence_before_recovery(
-    app: faust.App, topic: str, changelogs: list[str], outputs: OutputProducer
+    app: faust.App,
+    topic: str,
+    changelogs: list[str],
+    outputs: OutputProducer,
+    commits: TransactionCommits,
 ) -> None:
     """With fencing: on every assignment, initialise a transactional producer for each
     assigned partition of the gate's topic **before** Faust restores the tables.
@@ -136,6 +188,7 @@ def _fence_before_recovery(
         assigned: Any, revoked: Any, newly_assigned: Any, generation_id: int = 0
     ) -> None:
         mine = sorted(tp.partition for tp in assigned if tp.topic == topic)
+        await commits.idle()  # a producer is dropped only once its commit has ended
         outputs.drop([p for p in outputs.partitions if p not in mine])
         new = [p for p in mine if p not in outputs.partitions]
         loop = asyncio.get_running_loop()
@@ -215,8 +268,8 @@ def raw_table(app: faust.App, settings: Settings, name: str, help_text: str) -> 
 
 
 COMMIT_INTERVAL = 1.0  # seconds between the gate's offset commits
-# with fencing, outputs are visible to read_committed readers only once committed
-TXN_COMMIT_INTERVAL = float(os.environ.get("ENFORCER_TXN_COMMIT_INTERVAL", "1.0"))
+# with fencing, outputs are visible to read_committed readers only once committed:
+# every settings.txn_commit_interval seconds (--txn-commit-interval)
 PURGE_INTERVAL = 30.0  # seconds between deletions of processed internal records
 
 
@@ -226,6 +279,7 @@ def wire_offsets(
     processor: Processor,
     metrics: Metrics,
     persist_offsets: Any,
+    commits: TransactionCommits | None = None,
 ) -> None:
     """The gate's own offset management: start positions, seeks after gaps, commits
     (outputs flushed first: at-least-once), and forgetting partitions on rebalance."""
@@ -310,12 +364,18 @@ def wire_offsets(
         # processed inputs become visible; a fenced or timed-out commit stops the worker
         # here), then the tables' offsets, then the input offsets, outside the
         # transaction (at-least-once: a crash in between repeats idempotent outputs).
+        # The inputs processed before the commits began are in those transactions;
+        # records read during them go into the next ones (TransactionCommits).
+        if commits is not None:
+            await commits.idle()
         due = processor.offsets.to_commit()
         if not due and not (fencing and outputs.in_transaction()):
             return
         processor.settle()
-        if fencing:
-            outputs.commit()
+        if commits is not None:
+            await commits.commit()
+            # never past a partition whose commit has not been seen to end
+            due = {p: o for p, o in due.items() if p not in outputs.committing}
         persist_offsets()
         if due and await faust_compat.commit_offsets(
             app.consumer, {TP(topic, p): o for p, o in due.items()}
@@ -323,7 +383,7 @@ def wire_offsets(
             processor.offsets.committed_ok(due)
             committed.update(due)
 
-    @app.timer(TXN_COMMIT_INTERVAL if fencing else COMMIT_INTERVAL)
+    @app.timer(settings.txn_commit_interval if fencing else COMMIT_INTERVAL)
     async def commit_gate_offsets() -> None:
         processor.retry_repositioning()
         await commit_now()
@@ -352,6 +412,8 @@ def wire_offsets(
     faust_compat.after_streams_drained(app, commit_after_streams)
 
     async def revoked(app: faust.App, tps: Any, **kwargs: Any) -> None:
+        if commits is not None:  # a producer is dropped only once its commit has ended
+            await commits.idle()
         for tp in tps:
             if tp.topic == topic:
                 processor.forget(tp.partition)
@@ -442,13 +504,15 @@ def build(
     app.agent(user_events, name="gate")(gate)
     if os.environ.get("ENFORCER_DIRECT_DISPATCH", "1") != "0":
         _dispatch_to_gate(app, settings.user_events_topic, processor)
-    wire_offsets(app, settings, processor, metrics, persist_offsets)
-    if settings.fencing:
+    commits = TransactionCommits(outputs, processor) if settings.fencing else None
+    wire_offsets(app, settings, processor, metrics, persist_offsets, commits)
+    if commits is not None:
         _fence_before_recovery(
             app,
             settings.user_events_topic,
             [settings.changelog_topic("consent"), settings.changelog_topic("ledger")],
             outputs,
+            commits,
         )
 
     @app.task

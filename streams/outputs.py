@@ -15,9 +15,13 @@ are restored: the new owner's ``init_transactions`` fences any earlier producer 
 (a worker that was frozen past its session timeout), whose writes then fail and are
 never visible to ``read_committed`` readers. The gate selects p's producer (``use``)
 before it processes p's records; its commit commits every open transaction
-(``commit``) before it persists table offsets and commits input offsets. Any failure
-of a transactional call is fatal: the worker stops (exit 70) with nothing more
-committed.
+(``begin_commit``/``finish_commit``, in threads, the gate going on meanwhile with the
+other partitions) before it persists table offsets and commits input offsets. Nothing
+is produced through a producer while its transaction commits (``use`` is False; the
+gate holds the partition's records until then: ``Processor.release``), and only
+changelog records of committed transactions count for the persisted table offsets
+(``changelog_runs``). Any failure of a transactional call is fatal: the worker stops
+(exit 70) with nothing more committed.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -74,6 +78,7 @@ class Partition:
         self.raw_produce = producer.produce  # what the native fast path calls
         self.produce_when_room = when_room
         self.open = False  # a transaction has begun and is not committed yet
+        self.committing = False  # its commit has begun and has not ended (begin_commit)
         self.fast: Any = None  # the native fast path made with this producer
 
 
@@ -83,12 +88,25 @@ END_KEY = b"\x00\x00enforcer.end-of-changelog".ljust(MAX_ID_BYTES + 1, b".")
 _PURGED = (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT)
 
 
+def _extend(runs: dict, key: Any, first: int, last: int, count: int) -> None:
+    """Widen ``runs[key]``, [first, last, count] of offsets written, by another run."""
+    run = runs.get(key)
+    if run is None:
+        runs[key] = [first, last, count]
+    else:
+        run[0] = min(run[0], first)
+        run[1] = max(run[1], last)
+        run[2] += count
+
+
 def _not_routed(*args: Any, **kwargs: Any) -> None:
     raise RuntimeError("no partition selected for this record (OutputProducer.use)")
 
 
 class OutputProducer:
     """The gate's producer: synchronous ``produce``, ``flush`` before commits."""
+
+    transactional = False
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -114,6 +132,12 @@ class OutputProducer:
         # since the table last persisted its offset (TableState.persist_offsets): a run
         # that is not contiguous from the persisted offset has records of another writer
         self.changelog_runs: dict[tuple[str, int], list[int]] = {}
+        # with fencing, the same per partition for records of its transaction not yet
+        # committed (the changelog partition is the producer's partition); moved into
+        # changelog_runs when it commits, dropped when it is aborted
+        self._uncommitted: dict[int, dict[str, list[int]]] = {}
+        # partitions whose transaction is being committed (begin_commit, finish_commit)
+        self.committing: set[int] = set()
         self._changelogs: set[str] = set()
 
     def track_changelog(self, topic: str) -> None:
@@ -140,13 +164,11 @@ class OutputProducer:
             offset = msg.offset()
             if offset > self.changelog_offsets.get(key, -1):
                 self.changelog_offsets[key] = offset
-            run = self.changelog_runs.get(key)
-            if run is None:
-                self.changelog_runs[key] = [offset, offset, 1]
+            if self.transactional:  # counted once its transaction commits
+                # (served by a commit's thread or by the gate's poll, one partition each)
+                _extend(self._uncommitted.setdefault(key[1], {}), topic, offset, offset, 1)
             else:
-                run[0] = min(run[0], offset)
-                run[1] = max(run[1], offset)
-                run[2] += 1
+                _extend(self.changelog_runs, key, offset, offset, 1)
 
     def produce(
         self,
@@ -217,7 +239,7 @@ class OutputProducer:
         if not self.transactional:
             return True
         part = self.partitions.get(partition)
-        if part is None:
+        if part is None or part.committing:
             return False
         if not part.open:
             try:
@@ -234,25 +256,48 @@ class OutputProducer:
         return any(part.open for part in self.partitions.values())
 
     def commit(self) -> None:
-        """Commit every open transaction (their records become visible to
-        ``read_committed`` readers); stops the worker if any commit fails or times out:
-        fenced by a new owner, or an EndTxn whose outcome is unknown and whose late
-        arrival could apply to a later transaction (librdkafka has no KIP-890)."""
-        due = [part for part in self.partitions.values() if part.open]
-        if not due:
-            return
-        for error in self._each(due, self._commit_one):
-            if error is not None:
-                self._fatal(error)
-        for part in due:
-            part.open = False
+        """Commit every open transaction and wait for them (``begin_commit``, then
+        ``finish_commit`` of each, a failed one first: every other is still open then)."""
+        ended = [(part, done.result()) for part, done in self.begin_commit()]
+        for part, error in sorted(ended, key=lambda ended: ended[1] is None):
+            self.finish_commit(part, error)
+
+    def begin_commit(self) -> list[tuple[Partition, Future]]:
+        """Start committing every open transaction, each in a thread of its own (their
+        records become visible to ``read_committed`` readers); returns each partition
+        with the future of its commit (an error line or None), for ``finish_commit``.
+        Until then nothing can be produced through those producers (``use`` is False):
+        a record produced after the commit began belongs to the next transaction."""
+        due = [part for part in self.partitions.values() if part.open and not part.committing]
         self.producer, self.raw_produce = None, _not_routed
+        if not due:
+            return []
+        for part in due:
+            part.committing = True
+            self.committing.add(part.partition)
+        pool = self._executor()
+        return [(part, pool.submit(self._commit_one, part)) for part in due]
+
+    def finish_commit(self, part: Partition, error: str | None) -> None:
+        """A commit of ``begin_commit`` has ended (on the gate's thread): stop the worker
+        if it failed or timed out (fenced by a new owner, or an EndTxn whose outcome is
+        unknown and whose late arrival could apply to a later transaction: librdkafka has
+        no KIP-890); else its changelog records count for the tables' persisted offsets
+        and the producer may begin its next transaction."""
+        if error is not None:
+            self._fatal(error)
+        for topic, (first, last, count) in self._uncommitted.pop(part.partition, {}).items():
+            _extend(self.changelog_runs, (topic, part.partition), first, last, count)
+        part.open = part.committing = False
+        self.committing.discard(part.partition)
 
     def _commit_one(self, part: Partition) -> str | None:
         try:
             part.producer.commit_transaction(TXN_TIMEOUT)
         except KafkaException as exc:
             return f"partition {part.partition}: transaction commit failed: {exc}"
+        except Exception as exc:  # anything else is as fatal
+            return f"partition {part.partition}: transaction commit failed: {exc!r}"
         return None
 
     def start(self, partitions: Iterable[int]) -> list[Partition]:
@@ -316,6 +361,8 @@ class OutputProducer:
         """Abort the open transactions of producers no longer used, and let them go."""
         if self.producer is not None and any(part.producer is self.producer for part in parts):
             self.producer, self.raw_produce = None, _not_routed
+        for part in parts:  # records of aborted transactions never count
+            self._uncommitted.pop(part.partition, None)
 
         def close(part: Partition) -> None:
             try:
@@ -333,9 +380,12 @@ class OutputProducer:
         trip to the broker."""
         if len(items) <= 1:
             return [function(item) for item in items]
+        return list(self._executor().map(function, items))
+
+    def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(8, thread_name_prefix="enforcer-txn")
-        return list(self._pool.map(function, items))
+        return self._pool
 
     def _fatal(self, line: str) -> None:
         open_ = sorted(p for p, part in self.partitions.items() if part.open)

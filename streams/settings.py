@@ -194,6 +194,10 @@ class Settings:
     # owns a partition cannot write its outputs or table changes (docs/operations.md,
     # "Fencing"); off: one idempotent producer for everything
     fencing: bool = True
+    # with fencing, seconds between commits of the transactions: outputs are visible to
+    # read_committed readers only then; 0.1 as Kafka Streams' exactly-once default
+    # (docs/operations.md, "Fencing": measured by bench/commit_interval.py)
+    txn_commit_interval: float = 0.1
     # standby replicas of each table partition, kept warm from the changelog by other
     # workers of the app, so that a failed worker's partitions move to a worker that
     # holds their state already (docs/operations.md, "Standby replicas and failover");
@@ -363,6 +367,12 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("on", "off"),
         help="transactional outputs that a partition's new owner fences "
         "[ENFORCER_FENCING, default on]",
+    )
+    g.add_argument(
+        "--txn-commit-interval",
+        type=float,
+        help="seconds between commits of the transactions with fencing (outputs are visible "
+        f"then) [ENFORCER_TXN_COMMIT_INTERVAL, default {Settings.txn_commit_interval:g}]",
     )
     g.add_argument(
         "--standby-replicas",
@@ -584,6 +594,15 @@ def from_args(args: argparse.Namespace) -> Settings:
     if fencing not in ("", "on", "off"):
         raise SettingsError(f"ENFORCER_FENCING must be on or off, got {fencing!r}")
     fencing = Settings.fencing if fencing == "" else fencing == "on"
+    txn_interval = getattr(args, "txn_commit_interval", None)
+    if txn_interval is None:
+        raw = env.get("ENFORCER_TXN_COMMIT_INTERVAL", "")
+        try:
+            txn_interval = float(raw) if raw else Settings.txn_commit_interval
+        except ValueError:
+            raise SettingsError(
+                f"ENFORCER_TXN_COMMIT_INTERVAL must be a number of seconds, got {raw!r}"
+            ) from None
     app_id = str(pick(args.app_id, "ENFORCER_APP_ID", DEFAULT_APP_ID))
     data_dir = pick(args.data_dir, "ENFORCER_DATA_DIR", None)
     policy = pick(args.policy, "ENFORCER_POLICY", None)
@@ -617,6 +636,7 @@ def from_args(args: argparse.Namespace) -> Settings:
         max_clock_skew_ms=number("max_clock_skew_ms", "ENFORCER_MAX_CLOCK_SKEW_MS"),
         accept_data_loss=accept,
         fencing=fencing,
+        txn_commit_interval=txn_interval,
         standby_replicas=number("standby_replicas", "ENFORCER_STANDBY_REPLICAS"),
         session_timeout_s=number("session_timeout_s", "ENFORCER_SESSION_TIMEOUT"),
         tombstone_retention_ms=number("tombstone_retention_ms", "ENFORCER_TOMBSTONE_RETENTION_MS"),
@@ -656,6 +676,11 @@ def validate(s: Settings) -> None:
     if not 0 <= s.max_clock_skew_ms <= 366 * 86_400_000:
         raise SettingsError(
             f"--max-clock-skew-ms must be between 0 and a year, got {s.max_clock_skew_ms}"
+        )
+    if not 0.01 <= s.txn_commit_interval <= 30:  # nan too: the transactions time out at 60 s
+        raise SettingsError(
+            "--txn-commit-interval must be between 0.01 and 30 seconds, "
+            f"got {s.txn_commit_interval:g}"
         )
     if not 0 <= s.standby_replicas <= 3:
         raise SettingsError(f"--standby-replicas must be between 0 and 3, got {s.standby_replicas}")

@@ -34,6 +34,7 @@ class Store:
 def outputs() -> OutputProducer:
     out = OutputProducer.__new__(OutputProducer)  # no producer: deliveries are simulated
     out.changelog_offsets, out.changelog_runs, out._changelogs = {}, {}, set()
+    out._uncommitted, out.committing = {}, set()
     return out
 
 
@@ -117,9 +118,14 @@ def test_with_fencing_transaction_markers_between_own_writes_are_no_foreign_writ
     # transaction is aborted and read_committed recovery never restores it.)
     table, store, out = state({0: 9})
     out.transactional = True
+    committed = SimpleNamespace(partition=0, open=True, committing=True)
     delivered(out, 0, 11, 12)  # 10: the end record written on assignment (mark_ends)
+    table.persist_offsets()
+    assert store.persisted[0] == 9  # its transaction is not committed yet
+    out.finish_commit(committed, None)
     table.persist_offsets()
     assert store.persisted[0] == 12
     delivered(out, 0, 14, 15)
+    out.finish_commit(committed, None)
     table.persist_offsets()
     assert store.persisted[0] == 15

@@ -218,8 +218,10 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def start_enforcer(s: Settings, workdir: Path, name: str) -> tuple[subprocess.Popen, int]:
-    """An ``enforcer worker`` subprocess."""
+def start_enforcer(
+    s: Settings, workdir: Path, name: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, int]:
+    """An ``enforcer worker`` subprocess (``env``: variables set on top of ours)."""
     port = free_port()
     log = open(workdir / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
     proc = subprocess.Popen(
@@ -243,6 +245,7 @@ def start_enforcer(s: Settings, workdir: Path, name: str) -> tuple[subprocess.Po
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=ROOT,
+        env={**os.environ, **env} if env else None,
     )
     return proc, port
 
@@ -373,6 +376,7 @@ def latency_run(
     seconds: float,
     warmup: float,
     broker_pid: int | None,
+    env: dict[str, str] | None = None,
 ) -> dict[str, object]:
     """End-to-end latency at a fixed rate: a post's creation (its send time) to its
     training-ingest record being readable, and the first hop (to the re-keyed internal
@@ -385,7 +389,7 @@ def latency_run(
     prefix = f"lat{rate}-{uuid.uuid4().hex[:6]}"
     s = settings_for(bootstrap, prefix, f"{prefix}-posts", f"{prefix}-objections")
     ensure_topics(s, create_inputs=True)
-    proc, port = start_enforcer(s, workdir, prefix)
+    proc, port = start_enforcer(s, workdir, prefix, env)
     e2e: list[tuple[float, float]] = []  # (created ms, latency ms)
     hop: list[tuple[float, float]] = []
     cpu: dict[str, float] = {}

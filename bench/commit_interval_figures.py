@@ -1,0 +1,163 @@
+"""The fencing cost tables of README.md and docs/operations.md, from a results file of
+``bench.commit_interval``.
+
+    python -m bench.commit_interval_figures [bench/results/commit-interval-<ts>.json] [--write]
+
+Prints the table (the newest results file by default); ``--write`` puts it between
+``<!-- commit-interval:begin -->`` and ``<!-- commit-interval:end -->`` in each of those
+files that has the markers.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BEGIN, END = "<!-- commit-interval:begin -->", "<!-- commit-interval:end -->"
+TARGETS = (ROOT / "README.md", ROOT / "docs" / "operations.md")
+
+
+def _cell(stats: dict[str, float] | None, digits: int = 0, scale: float = 1.0) -> str:
+    """``median (min-max)``."""
+    if not stats:
+        return "-"
+    med, lo, hi = (stats[k] * scale for k in ("median", "min", "max"))
+    return f"{med:,.{digits}f} ({lo:,.{digits}f}-{hi:,.{digits}f})"
+
+
+def label(env: dict[str, str]) -> str:
+    """A variant as its settings."""
+    if env.get("ENFORCER_FENCING") == "off":
+        return "fencing off"
+    parts = [f"{env.get('ENFORCER_TXN_COMMIT_INTERVAL', 'default')} s"]
+    if env.get("ENFORCER_TXN_COMMIT_BLOCKING") == "1":
+        parts.append("the event loop waiting for each commit (the previous code)")
+    parts += [
+        f"`{k}={v}`"
+        for k, v in env.items()
+        if k
+        not in ("ENFORCER_FENCING", "ENFORCER_TXN_COMMIT_INTERVAL", "ENFORCER_TXN_COMMIT_BLOCKING")
+    ]
+    return "on, " + ", ".join(parts)
+
+
+def table(result: dict[str, Any]) -> str:
+    """A markdown paragraph and table: median (min-max) per variant."""
+    plan, summary = result["plan"], result["summary"]
+    rates = plan["rates"]
+    reps = {
+        name: sum(1 for r in result["runs"] if r["variant"] == name and r["kind"] == "throughput")
+        for name in result["variants"]
+    }
+    load = result.get("load_average_1min")
+    lines = [
+        f"`{Path(result['file']).name}`: {result['machine']['cores']} cores, "
+        f"{result['versions']['kafka']} (local, one node), 8 partitions, one worker; "
+        f"median (min-max) of {min(reps.values())} interleaved repetitions; latency: post sent "
+        f"to its `training-ingest` record readable by a `read_committed` reader "
+        f"({plan['latency_seconds']:.0f} s at each rate after {plan['warmup_seconds']:.0f} s "
+        f"not counted); throughput over {plan['posts']:,} posts"
+        + (
+            f"; 1-minute load average {load['min']:.1f}-{load['max']:.1f} during the runs:"
+            if load
+            else ":"
+        ),
+        "",
+    ]
+    head = ["fencing, commit interval"]
+    for rate in rates:
+        head += [f"p50 / p99 / p99.9 at {rate:,}/s, ms"]
+    head += ["posts/s", "worker CPU-s per 1,000 posts", "broker CPU-s per 1,000 posts"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, env in result["variants"].items():
+        entry = summary.get(name, {})
+        row = [label(env)]
+        for rate in rates:
+            lat = entry.get(f"latency_{rate}")
+            row.append(
+                " / ".join(
+                    _cell(lat.get(k) if lat else None) for k in ("p50_ms", "p99_ms", "p999_ms")
+                )
+            )
+        tp = entry.get("throughput", {})
+        row += [
+            _cell(tp.get("per_second")),
+            _cell(tp.get("cpu_seconds_per_1000"), 3),
+            _cell(tp.get("broker_cpu_seconds_per_1000"), 3),
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", *findings(result)]
+    failed = {n: e["failed_runs"] for n, e in summary.items() if e.get("failed_runs")}
+    if failed:
+        lines += [
+            "",
+            "Failed runs (not counted): " + ", ".join(f"{n} {c}" for n, c in failed.items()),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def findings(result: dict[str, Any]) -> list[str]:
+    """Each fencing variant against fencing off, from the medians: posts/s and CPU per
+    post as ratios, and p50/p99 at the lowest rate."""
+    summary, variants = result["summary"], result["variants"]
+    base_name = next(
+        (n for n, env in variants.items() if env.get("ENFORCER_FENCING") == "off"), None
+    )
+    base = summary.get(base_name or "", {})
+    rate = min(result["plan"]["rates"])
+    out = []
+    for name, env in variants.items():
+        if name == base_name or not base:
+            continue
+        mine = summary.get(name, {})
+        tp, tp0 = mine.get("throughput"), base.get("throughput")
+        lat = mine.get(f"latency_{rate}")
+        if not (tp and tp0 and lat):
+            continue
+        ratio = tp["per_second"]["median"] / tp0["per_second"]["median"]
+        cpu = tp["cpu_seconds_per_1000"]["median"] / tp0["cpu_seconds_per_1000"]["median"]
+        out.append(
+            f"* {label(env)}: {ratio:.2f} x the posts/s of fencing off, {cpu:.2f} x its worker "
+            f"CPU per post; p50/p99 at {rate:,}/s {lat['p50_ms']['median']:,.0f}/"
+            f"{lat['p99_ms']['median']:,.0f} ms."
+        )
+    return out
+
+
+def write(text: str, targets: tuple[Path, ...] = TARGETS) -> list[Path]:
+    """Put ``text`` between the markers of each target that has them."""
+    done = []
+    for target in targets:
+        content = target.read_text()
+        if BEGIN not in content or END not in content:
+            continue
+        head, rest = content.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        target.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
+        done.append(target)
+    return done
+
+
+def main(argv: list[str]) -> int:
+    """Print the table of a results file; ``--write`` also updates the documents."""
+    paths = [a for a in argv if a != "--write"]
+    path = (
+        Path(paths[0])
+        if paths
+        else max((ROOT / "bench" / "results").glob("commit-interval-*.json"), key=lambda p: p.name)
+    )
+    result = json.loads(path.read_text())
+    result["file"] = str(path)
+    text = table(result)
+    if "--write" in argv and not write(text):
+        print(f"no {BEGIN} markers in {', '.join(str(t) for t in TARGETS)}", file=sys.stderr)
+        return 1
+    print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,11 +1,12 @@
 """The fencing cost tables of README.md and docs/operations.md, from a results file of
 ``bench.commit_interval``.
 
-    python -m bench.commit_interval_figures [bench/results/commit-interval-<ts>.json] [--write]
+    python -m bench.commit_interval_figures [bench/results/commit-interval-<ts>.json ...] [--write]
 
-Prints the table (the newest results file by default); ``--write`` puts it between
-``<!-- commit-interval:begin -->`` and ``<!-- commit-interval:end -->`` in each of those
-files that has the markers.
+Prints the table of each file (the newest results file by default); ``--write`` puts the
+first file's table between ``<!-- commit-interval:begin -->`` and
+``<!-- commit-interval:end -->``, and every file's between ``<!-- commit-interval-all:begin
+-->`` and ``<!-- commit-interval-all:end -->``, in each of those files that has them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- commit-interval:begin -->", "<!-- commit-interval:end -->"
+BEGIN_ALL, END_ALL = "<!-- commit-interval-all:begin -->", "<!-- commit-interval-all:end -->"
 TARGETS = (ROOT / "README.md", ROOT / "docs" / "operations.md")
 
 
@@ -127,35 +129,39 @@ def findings(result: dict[str, Any]) -> list[str]:
     return out
 
 
-def write(text: str, targets: tuple[Path, ...] = TARGETS) -> list[Path]:
-    """Put ``text`` between the markers of each target that has them."""
+def write(
+    text: str, targets: tuple[Path, ...] = TARGETS, markers: tuple[str, str] = (BEGIN, END)
+) -> list[Path]:
+    """Put ``text`` between the ``markers`` of each target that has them."""
+    begin, end = markers
     done = []
     for target in targets:
         content = target.read_text()
-        if BEGIN not in content or END not in content:
+        if begin not in content or end not in content:
             continue
-        head, rest = content.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        target.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
+        head, rest = content.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        target.write_text(f"{head}{begin}\n{text}{end}{tail}")
         done.append(target)
     return done
 
 
 def main(argv: list[str]) -> int:
     """Print the table of a results file; ``--write`` also updates the documents."""
-    paths = [a for a in argv if a != "--write"]
-    path = (
-        Path(paths[0])
-        if paths
-        else max((ROOT / "bench" / "results").glob("commit-interval-*.json"), key=lambda p: p.name)
-    )
-    result = json.loads(path.read_text())
-    result["file"] = str(path)
-    text = table(result)
-    if "--write" in argv and not write(text):
-        print(f"no {BEGIN} markers in {', '.join(str(t) for t in TARGETS)}", file=sys.stderr)
-        return 1
-    print(text, end="")
+    paths = [Path(a) for a in argv if a != "--write"] or [
+        max((ROOT / "bench" / "results").glob("commit-interval-*.json"), key=lambda p: p.name)
+    ]
+    texts = []
+    for path in paths:
+        result = json.loads(path.read_text())
+        result["file"] = str(path)
+        texts.append(table(result))
+    if "--write" in argv:
+        written = write(texts[0]) + write("\n".join(texts), markers=(BEGIN_ALL, END_ALL))
+        if not written:
+            print(f"no {BEGIN} markers in {', '.join(str(t) for t in TARGETS)}", file=sys.stderr)
+            return 1
+    print("\n".join(texts), end="")
     return 0
 
 

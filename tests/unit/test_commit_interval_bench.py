@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.commit_interval import VARIANTS, order, parse_variant, summarise
-from bench.commit_interval_figures import BEGIN, END, table, write
+from bench.commit_interval_figures import BEGIN, BEGIN_ALL, END, END_ALL, table, write
 
 
 def test_each_repetition_rotates_the_order_and_keeps_every_variant() -> None:
@@ -57,4 +57,5 @@ def test_medians_ranges_and_failed_runs_reach_the_table(tmp_path: Path) -> None:
     other.write_text("no markers\n")
     assert write(text, (doc, other)) == [doc]
     assert doc.read_text() == f"head\n{BEGIN}\n{text}{END}\ntail\n"
+    assert write(text, (doc,), markers=(BEGIN_ALL, END_ALL)) == []  # its own markers only
     assert other.read_text() == "no markers\n"

@@ -29,6 +29,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from bench.run import topic_flags
 from streams.policy import Policy, load_policy
 from streams.settings import Settings
 
@@ -150,20 +151,7 @@ def command(
         str(JAR),
         "--bootstrap-servers",
         s.bootstrap_servers,
-        "--app-id",
-        s.app_id,
-        "--posts-topic",
-        s.posts_topic,
-        "--objections-topic",
-        s.objections_topic,
-        "--training-topic",
-        s.training_topic,
-        "--retractions-topic",
-        s.retractions_topic,
-        "--decisions-topic",
-        s.decisions_topic,
-        "--dlq-topic",
-        s.dlq_topic,
+        *topic_flags(s),
         "--receipts-topic",
         s.receipts_topic if receipts else "",
         "--partitions",

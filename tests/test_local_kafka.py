@@ -5,6 +5,7 @@ one node while producing with acks=all."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -39,10 +40,38 @@ def brokers_in(directory: Path) -> list[str]:
     return [line for line in out.splitlines() if str(directory) in line]
 
 
+def outgoing_connection_from(local_port: int) -> tuple[socket.socket, socket.socket] | None:
+    """A connected client socket whose local end is ``local_port`` (nothing listens on it,
+    yet a bind of that port fails), with the listener it is connected to."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.socket()
+    try:
+        client.bind(("127.0.0.1", local_port))
+        client.connect(listener.getsockname())
+    except OSError:
+        client.close()
+        listener.close()
+        return None
+    return client, listener
+
+
 def test_start_status_stop_and_offline_restart(kafka: str, tmp_path: Path) -> None:
     # (the session broker fixture has already resolved the jars into the cache)
-    port, directory = str(free_port()), tmp_path / "broker"
-    started = run("start", "--port", port, "--dir", str(directory))
+    directory = tmp_path / "broker"
+    # A CI run lost a start: the controller port it chose (port + 1001, in the kernel's
+    # ephemeral range) was the local end of some outgoing connection. Take that port so.
+    for _ in range(20):
+        port = str(free_port())
+        held = outgoing_connection_from(int(port) + 1001)
+        if held is not None:
+            break
+    else:
+        pytest.fail("no client port + 1001 could be taken for the test")
+    try:
+        started = run("start", "--port", port, "--dir", str(directory))
+    finally:
+        for sock in held:
+            sock.close()
     assert started.returncode == 0, started.stderr
     assert started.stdout.strip().splitlines()[-1] == f"127.0.0.1:{port}"
     assert "Apache Kafka 4." in started.stderr

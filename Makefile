@@ -65,7 +65,7 @@ lint: setup
 setup: $(STAMP) broker-jars
 
 # deploy/build.sh: the same install steps as the container image's (deploy/docker/Dockerfile)
-$(STAMP): pyproject.toml constraints.txt setup.py streams/_native.c deploy/build.sh
+$(STAMP): pyproject.toml constraints.txt setup.py streams/gate/_native.c deploy/build.sh
 	sh deploy/build.sh $(PYTHON) $(VENV) -e ".[dev]"
 	touch $(STAMP)
 
@@ -86,14 +86,14 @@ sanitize: $(STAMP)
 	  -fno-sanitize-recover=undefined -Wall -Wextra -Wno-unused-parameter \
 	  -Wno-missing-field-initializers -Wno-cast-function-type \
 	  -I"$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" \
-	  streams/_native.c -o $(SANITIZE_SO)
+	  streams/gate/_native.c -o $(SANITIZE_SO)
 	LD_PRELOAD="$$($(CC) -print-file-name=libasan.so)" ASAN_OPTIONS=detect_leaks=0 \
 	  UBSAN_OPTIONS=print_stacktrace=1 PYTHONMALLOC=malloc \
-	  $(PY) -c 'import importlib.util as u, sys, streams; \
-	    s = u.spec_from_file_location("streams._native", sys.argv[1]); \
+	  $(PY) -c 'import importlib.util as u, sys, streams.gate; \
+	    s = u.spec_from_file_location("streams.gate._native", sys.argv[1]); \
 	    m = u.module_from_spec(s); s.loader.exec_module(m); \
-	    sys.modules[s.name] = streams._native = m; import streams.native, pytest; \
-	    assert streams.native._native is m, "not the sanitized build"; \
-	    print("streams._native:", m.__file__, flush=True); sys.exit(pytest.main(sys.argv[2:]))' \
+	    sys.modules[s.name] = streams.gate._native = m; import streams.gate.native, pytest; \
+	    assert streams.gate.native._native is m, "not the sanitized build"; \
+	    print("streams.gate._native:", m.__file__, flush=True); sys.exit(pytest.main(sys.argv[2:]))' \
 	  $(SANITIZE_SO) -q -p no:cacheprovider --capture=sys $(PYTEST_ARGS) \
 	  tests/unit/test_native.py tests/unit/test_avro_adversarial.py tests/unit/test_avro_compiled.py

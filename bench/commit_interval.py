@@ -44,7 +44,7 @@ from bench.run import (
     stop,
     versions,
 )
-from streams.topics import ensure_topics
+from streams.kafka.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -42,18 +42,18 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from bench.run import broker, free_port, machine, say, settings_for, topic_flags, versions
-from streams.codec import Codec
-from streams.connection import librdkafka_config
-from streams.consent import ALL, ConsentState, Mark, encode_state
-from streams.ledger import entry_key
-from streams.records import partition_for_user
+from streams.core.consent import ALL, ConsentState, Mark, encode_state
+from streams.core.records import partition_for_user
+from streams.kafka.connection import librdkafka_config
+from streams.kafka.topics import asked_until_answered, ensure_topics
+from streams.serde.codec import Codec
 from streams.settings import Settings
-from streams.topics import asked_until_answered, ensure_topics
+from streams.state.ledger import entry_key
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 PARTITIONS = 8
-REKEY_SESSION_TIMEOUT_S = 30.0  # the re-keying consumer's longest session (rekey.py)
+REKEY_SESSION_TIMEOUT_S = 30.0  # the re-keying consumer's longest session (rekey/stage.py)
 OBJECTOR_EVERY = 10  # every tenth user objects to every platform
 
 

@@ -16,9 +16,9 @@ import time
 
 from confluent_kafka import Producer
 
-from streams.avro_compiled import encode_long
-from streams.codec import Codec
-from streams.generator import TrafficGenerator
+from streams.serde.avro_compiled import encode_long
+from streams.serde.codec import Codec
+from streams.traffic.generator import TrafficGenerator
 
 TEMPLATES = 5000
 

@@ -1,6 +1,6 @@
 """What the worker's metrics cost: an increment on the gate's path and a scrape, with
 plain ``Counter`` objects read by a ``prometheus_client`` collector at scrape time (what
-the worker does, ``streams/metrics.py``) against ``prometheus_client``'s own labelled
+the worker does, ``streams/gate/metrics.py``) against ``prometheus_client``'s own labelled
 counters updated on the path. ``python -m bench.metrics_cost``; prints microseconds."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Histogram as PromHistogram
 
-from streams.metrics import LATENCY_BUCKETS, Metrics
+from streams.gate.metrics import LATENCY_BUCKETS, Metrics
 
 OUTCOMES = [("published", "eligible")] + [
     ("blocked", r) for r in ("objected", "private", "minor", "country", "platform", "replay")

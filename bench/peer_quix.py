@@ -64,18 +64,8 @@ from quixstreams.models import TopicConfig
 from quixstreams.models.serializers import SerializationContext, Serializer
 from quixstreams.models.topics import TopicAdmin
 
-from streams.codec import (
-    CONSENT_RECEIPT,
-    DECISION,
-    OBJECTION,
-    POST,
-    RETRACTION,
-    TRAINING_RECORD,
-    Codec,
-    DecodeError,
-)
-from streams.consent import decode_state, encode_state, stored_objects
-from streams.enforcement import (
+from streams.core.consent import decode_state, encode_state, stored_objects
+from streams.core.enforcement import (
     DECISION_FIELDS,
     TRAINING_FIELDS,
     Effects,
@@ -86,8 +76,8 @@ from streams.enforcement import (
     post_outcome,
     training_values,
 )
-from streams.policy import Outcome, Policy, load_policy
-from streams.records import (
+from streams.core.policy import Outcome, Policy, load_policy
+from streams.core.records import (
     DLQ_REFERENCE,
     KIND_OBJECTION,
     KIND_POST,
@@ -105,6 +95,16 @@ from streams.records import (
     pack_source,
     source_prefix,
 )
+from streams.serde.codec import (
+    CONSENT_RECEIPT,
+    DECISION,
+    OBJECTION,
+    POST,
+    RETRACTION,
+    TRAINING_RECORD,
+    Codec,
+    DecodeError,
+)
 from streams.settings import Settings
 
 log = logging.getLogger("bench.peer_quix")
@@ -113,8 +113,8 @@ USER = b"u"  # the state key of a user's value (under the user's key prefix)
 BATCH = 5000  # records the re-keyer takes per consume
 REKEY_COMMIT_INTERVAL = 1.0  # seconds, as the enforcer's re-keying stage
 # as the enforcer: a forwarded record leaves this much of the record limit for its
-# source (streams.rekey.SOURCE_HEADER_BYTES), and a post this much for what its
-# TrainingRecord adds (streams.agents.RECORD_OVERHEAD)
+# source (streams.rekey.stage.SOURCE_HEADER_BYTES), and a post this much for what its
+# TrainingRecord adds (streams.gate.processor.RECORD_OVERHEAD)
 SOURCE_HEADER_BYTES = 2048
 RECORD_OVERHEAD = 8192
 MAX_RECORD_BYTES = Settings.max_record_bytes
@@ -440,7 +440,7 @@ def _within_limit(key: bytes | None, value: bytes | None, headers: list) -> tupl
 
 
 # Every producer: idempotent, acknowledged by all replicas, batched as the enforcer's
-# (streams.outputs.producer_config), uncompressed
+# (streams.kafka.outputs.producer_config), uncompressed
 PRODUCER_CONFIG = {
     "enable.idempotence": True,
     "acks": "all",
@@ -630,7 +630,7 @@ class Gate:
             state.delete(USER)
 
     def _outputs(self, fx: Effects) -> list[Output]:
-        """The records of ``fx``, in the enforcer's order (``agents.Processor._emit``)."""
+        """The records of ``fx``, in the enforcer's order (``processor.Processor._emit``)."""
         enc, t = self.codec.encode, self.topics
         out: list[Output] = [
             (self.training, r["post_id"].encode(), enc(TRAINING_RECORD, r, t.training), None)

@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from bench.run import topic_flags
-from streams.policy import Policy, load_policy
+from streams.core.policy import Policy, load_policy
 from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -29,11 +29,11 @@ from pathlib import Path
 import psutil
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
-from streams.codec import Codec
-from streams.generator import TrafficGenerator
-from streams.produce import produce_records, traffic_producer
+from streams.kafka.topics import ensure_topics
+from streams.serde.codec import Codec
 from streams.settings import Settings
-from streams.topics import ensure_topics
+from streams.traffic.generator import TrafficGenerator
+from streams.traffic.produce import produce_records, traffic_producer
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL_KAFKA = ROOT / "deploy" / "kafka" / "local-kafka"
@@ -548,10 +548,10 @@ def versions(peer_python: str | None, kafka: str) -> dict[str, str]:
     """Versions of everything measured."""
     from importlib.metadata import version
 
-    from streams import native
+    from streams.gate import native
 
     out = {"python": platform.python_version(), "kafka": kafka}
-    # whether the worker decides posts in C (streams/_native.c) or all in Python
+    # whether the worker decides posts in C (streams/gate/_native.c) or all in Python
     out["native_fast_path"] = "on" if native.available() else "off"
     for dist in ("faust-streaming", "aiokafka", "confluent-kafka", "fastavro", "rocksdict"):
         out[dist] = version(dist)

@@ -7,7 +7,7 @@
 # makes VENV with PYTHON unless it exists, upgrades pip in it, and installs with
 # `pip install -q -c constraints.txt PIP-INSTALL-ARGUMENTS` (constraints.txt, beside
 # pyproject.toml, pins every package to the tested version), which builds the fast
-# path's C extension (streams/_native.c, setup.py) where a C compiler is found. The
+# path's C extension (streams/gate/_native.c, setup.py) where a C compiler is found. The
 # extension is optional (without it the gate decides every post in Python);
 # ENFORCER_REQUIRE_NATIVE=1 makes its absence an error (the image sets it).
 set -eu
@@ -18,5 +18,5 @@ test -x "$venv/bin/python" || "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install -q --upgrade pip
 "$venv/bin/python" -m pip install -q -c "$(dirname "$0")/../constraints.txt" "$@"
 if [ "${ENFORCER_REQUIRE_NATIVE:-0}" = 1 ]; then
-    (cd / && "$venv/bin/python" -c 'import streams._native as m; print("fast path:", m.__file__)')
+    (cd / && "$venv/bin/python" -c 'import streams.gate._native as m; print("fast path:", m.__file__)')
 fi

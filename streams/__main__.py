@@ -2,7 +2,7 @@
 
 import sys
 
-from .cli import main
+from streams.cli.main import main
 
 if __name__ == "__main__":  # not when a spawned child process imports this module
     sys.exit(main())

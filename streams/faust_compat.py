@@ -400,7 +400,7 @@ def unfilter_read_offsets(consumer: Any, topic: str) -> None:
     (its read offsets), and a seek does not reliably reset that: records of a batch
     fetched before the seek set it forward again, and the records the seek was for were
     then dropped silently (a partition stalled in the crash test). The gate tracks its
-    own offsets (``offsets.py``) and wants every record, so Faust's filter is off for
+    own offsets (``gate/offsets.py``) and wants every record, so Faust's filter is off for
     its topic. Call before the consumer starts fetching (Faust binds the mapping's
     methods then)."""
     consumer._read_offset = _UnfilteredTopic(topic, consumer._read_offset)
@@ -409,7 +409,7 @@ def unfilter_read_offsets(consumer: Any, topic: str) -> None:
 async def commit_offsets(consumer: Any, offsets: Mapping[TP, int]) -> bool:
     """Commit these offsets for the consumer's group; True if committed. Faust's public
     ``commit`` commits only what its streams acknowledged, and the gate acknowledges
-    nothing (it owns its offsets: ``offsets.py``)."""
+    nothing (it owns its offsets: ``gate/offsets.py``)."""
     return bool(await consumer._commit(offsets))
 
 

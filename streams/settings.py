@@ -56,7 +56,7 @@ class CliError(Exception):
 
 
 # -- secured clusters: how every Kafka client and the schema registry client connect
-# (streams/connection.py builds the clients' configurations from these) --
+# (streams/kafka/connection.py builds the clients' configurations from these) --
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")
 DEFAULT_SASL_MECHANISM = "SCRAM-SHA-512"
@@ -214,7 +214,7 @@ class Settings:
     dlq_retention_ms: int = 7 * 86_400_000
     # retention.ms of created audit topics (decisions, retractions, receipts): forever
     audit_retention_ms: int = -1
-    # -- the consent lookup (GET /consent/{user_id}, streams/lookup.py) --
+    # -- the consent lookup (GET /consent/{user_id}, streams/runtime/lookup.py) --
     # off unless a file holds the bearer token (never the token itself on a flag);
     # advertised_url: where the other workers reach this one's HTTP port
     consent_lookup_token_file: Path | None = None

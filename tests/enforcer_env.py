@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from streams.kafka.topics import ensure_topics
 from streams.settings import Settings
-from streams.topics import ensure_topics
 from tests.support import ROOT, Names, Reader, Sender, Worker
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streams.codec import Codec
+from streams.serde.codec import Codec
 from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

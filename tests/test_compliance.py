@@ -10,8 +10,8 @@ import json
 import time
 from pathlib import Path
 
-from streams.enforcement import training_record
-from streams.policy import load_policy
+from streams.core.enforcement import training_record
+from streams.core.policy import load_policy
 from tests.enforcer_env import Deployment, run_enforcer
 from tests.support import CODEC, objection, post
 

@@ -1,4 +1,4 @@
-"""The consent lookup (``GET /consent/{user_id}``, streams/lookup.py) with two workers of
+"""The consent lookup (``GET /consent/{user_id}``, streams/runtime/lookup.py) with two workers of
 one app on the real broker: asked on either worker, the answer for each user is the
 one of the worker that owns the user's partition (as the broker's group description
 says), byte for byte the same from both; refused without the bearer token; absent
@@ -17,8 +17,8 @@ from urllib.parse import quote
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from streams.lookup import ANSWERED_BY, FORWARDED
-from streams.records import partition_for_user
+from streams.core.records import partition_for_user
+from streams.runtime.lookup import ANSWERED_BY, FORWARDED
 from tests.enforcer_env import Deployment, run_enforcer
 from tests.support import (
     SECRET_TEXT,

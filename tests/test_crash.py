@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from streams.consent import EMPTY, apply
-from streams.generator import TrafficGenerator
-from streams.policy import load_policy
-from streams.records import partition_for_user
+from streams.core.consent import EMPTY, apply
+from streams.core.policy import load_policy
+from streams.core.records import partition_for_user
+from streams.traffic.generator import TrafficGenerator
 from tests.enforcer_env import Deployment, run_enforcer
 from tests.support import live_view
 

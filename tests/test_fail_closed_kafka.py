@@ -15,7 +15,7 @@ import pytest
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from streams.records import (
+from streams.core.records import (
     DLQ_REFERENCE,
     KIND,
     KIND_POST,

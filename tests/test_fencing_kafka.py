@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from streams.records import partition_for_user
+from streams.core.records import partition_for_user
 from tests.enforcer_env import Deployment
 from tests.support import Record, live_view, objection, post
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from streams.consent import EMPTY, apply
-from streams.generator import TrafficGenerator
+from streams.core.consent import EMPTY, apply
+from streams.traffic.generator import TrafficGenerator
 from tests.enforcer_env import Deployment, run_enforcer, wait_objections
 from tests.support import ROOT, decisions_by_post, live_view, objection, post
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.generator import TrafficGenerator
+from streams.traffic.generator import TrafficGenerator
 from tests.enforcer_env import Deployment
 from tests.support import (
     ROOT,

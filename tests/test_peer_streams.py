@@ -27,8 +27,8 @@ from typing import Any
 import pytest
 
 from bench.peer_streams import GUARANTEES, BuildError, build, command, missing_tools
-from streams.generator import TrafficGenerator
 from streams.settings import Settings
+from streams.traffic.generator import TrafficGenerator
 from tests.enforcer_env import Deployment
 from tests.support import (
     CODEC,

@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 
 from bench.peer_streams import PROJECT, BuildError, build, missing_tools
-from streams.avro_compiled import encode_long
-from streams.codec import DecodeError
-from streams.enforcement import training_record
-from streams.generator import TrafficGenerator
-from streams.policy import Policy
-from streams.records import check_objection, check_post
+from streams.core.enforcement import training_record
+from streams.core.policy import Policy
+from streams.core.records import check_objection, check_post
+from streams.serde.avro_compiled import encode_long
+from streams.serde.codec import DecodeError
+from streams.traffic.generator import TrafficGenerator
 from tests.support import CODEC
 
 pytestmark = pytest.mark.skipif(

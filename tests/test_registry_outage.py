@@ -20,7 +20,7 @@ import pytest
 from confluent_kafka.schema_registry import Schema
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from streams.codec import DECISION, OBJECTION, POST, Codec
+from streams.serde.codec import DECISION, OBJECTION, POST, Codec
 from tests.enforcer_env import Deployment, metric
 from tests.support import CODEC, objection, post
 

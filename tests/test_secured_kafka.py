@@ -37,7 +37,7 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from streams.connection import librdkafka_config
+from streams.kafka.connection import librdkafka_config
 from streams.settings import TOPIC_FLAGS, KafkaSecurity, Secret, Settings
 from tests.certs import Certs, make_certs
 from tests.enforcer_env import metric

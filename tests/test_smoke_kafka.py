@@ -15,7 +15,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from streams.records import partition_for_user
+from streams.core.records import partition_for_user
 from tests.support import ROOT, Reader, Sender, create_topics
 
 

@@ -38,7 +38,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from streams.topics import ensure_topics
+from streams.kafka.topics import ensure_topics
 from tests.support import CODEC, KafkaCluster, Names, Worker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -459,7 +459,7 @@ def _decode(raw: bytes | None) -> dict | None:
         return None
 
 
-def load_rules(path: Path = ROOT / "streams" / "default_policy.toml") -> dict:
+def load_rules(path: Path = ROOT / "streams" / "core" / "default_policy.toml") -> dict:
     with open(path, "rb") as f:
         return tomllib.load(f)
 

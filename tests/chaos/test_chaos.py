@@ -38,7 +38,7 @@ def test_short_chaos_run(kafka_cluster: KafkaCluster, tmp_path: Path) -> None:
     assert result["eligible_never_objecting_not_live"] == 0
     assert result["leaked_late_still_live"] == 0, result["examples"]["leaked_late_still_live"]
     # posts published although an objection acknowledged before them was in force: the
-    # re-keying stage holds posts until such objections are forwarded (rekey.py)
+    # re-keying stage holds posts until such objections are forwarded (rekey/stage.py)
     assert result["leaked_in_force"] == 0, result["examples"]["leaked_in_force"]
     # and the independent check of the topics that an operator would run (issue 18)
     assert result["verify_exit"] == 0, result["verify_output"]

@@ -40,7 +40,7 @@ def objections(draw, user_id=users, times=st.integers(min_value=0, max_value=20)
 
 @st.composite
 def policies(draw):
-    from streams.policy import Policy
+    from streams.core.policy import Policy
 
     return Policy(
         version=draw(st.text(alphabet="abc-0123", min_size=1, max_size=10)),

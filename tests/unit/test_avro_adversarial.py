@@ -28,8 +28,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams import native
-from streams.avro_compiled import (
+from streams.core.enforcement import Source, _decision, training_record
+from streams.core.policy import Outcome, Reason, load_policy
+from streams.gate import native
+from streams.serde.avro_compiled import (
     NonCanonical,
     _kind,
     _named_enums,
@@ -37,7 +39,7 @@ from streams.avro_compiled import (
     compile_writer,
     definition,
 )
-from streams.codec import (
+from streams.serde.codec import (
     DECISION,
     POST,
     SINGLE_OBJECT_MAGIC,
@@ -45,8 +47,6 @@ from streams.codec import (
     Codec,
     DecodeError,
 )
-from streams.enforcement import Source, _decision, training_record
-from streams.policy import Outcome, Reason, load_policy
 from tests.unit.test_avro_compiled import EVERY_KIND
 
 CODEC = Codec()

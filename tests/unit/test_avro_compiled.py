@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.avro_compiled import compile_reader, compile_writer, encode_long
-from streams.codec import Codec
+from streams.serde.avro_compiled import compile_reader, compile_writer, encode_long
+from streams.serde.codec import Codec
 
 CODEC = Codec()
 

@@ -7,7 +7,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.codec import SINGLE_OBJECT_MAGIC, Codec, DecodeError, crc64_avro
+from streams.serde.codec import SINGLE_OBJECT_MAGIC, Codec, DecodeError, crc64_avro
 from tests.unit.strategies import objections, posts
 
 CODEC = Codec()

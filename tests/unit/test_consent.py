@@ -3,7 +3,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.consent import EMPTY, apply, decode_state, encode_state, receive
+from streams.core.consent import EMPTY, apply, decode_state, encode_state, receive
 from tests.unit.strategies import PLATFORMS, objections
 
 events = st.lists(objections(user_id=st.just("u")), max_size=12, unique_by=lambda e: e["event_id"])

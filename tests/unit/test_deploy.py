@@ -12,12 +12,12 @@ from types import SimpleNamespace
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.metrics import Metrics
+from streams.gate.metrics import Metrics
 from streams.settings import Settings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
-# Served by `enforcer verify --follow` (issue 18): streams/verify.py's render_metrics.
+# Served by `enforcer verify --follow` (issue 18): streams/verify/checker.py's render_metrics.
 # The alert EnforcerVerifyViolation and the dashboard's "Verify violations" panel read
 # enforcer_verify_violations{check}.
 VERIFY_METRICS = {"enforcer_verify_violations": {"check"}}
@@ -25,7 +25,7 @@ VERIFY_METRICS = {"enforcer_verify_violations": {"check"}}
 
 def served_by_verify() -> dict[str, set[str]]:
     """Each sample name `enforcer verify --follow` serves -> its label names."""
-    from streams.verify import render_metrics
+    from streams.verify.checker import render_metrics
 
     result = SimpleNamespace(violations=[], counts={"posts": 1}, latencies=[])
     out: dict[str, set[str]] = {}
@@ -197,7 +197,7 @@ def compose() -> dict:
 
 def settings_under(env: dict[str, str], argv: list[str], monkeypatch) -> Settings:
     """What the CLI makes of ``argv`` under exactly the environment ``env``."""
-    from streams.cli import build_parser
+    from streams.cli.main import build_parser
     from streams.settings import from_args
 
     for name in ENV_READ:
@@ -256,7 +256,7 @@ def test_the_image_environment_is_read_by_the_cli(monkeypatch):
 
 
 def test_the_statefulset_agrees_with_the_cli_and_the_image(monkeypatch):
-    from streams.cli import build_parser
+    from streams.cli.main import build_parser
 
     docs = k8s()
     sts = docs["StatefulSet"]
@@ -281,7 +281,7 @@ def test_the_statefulset_agrees_with_the_cli_and_the_image(monkeypatch):
     assert annotations["prometheus.io/scrape"] == "true"
     assert int(annotations["prometheus.io/port"]) == s.web_port
     assert annotations["prometheus.io/path"] == "/metrics"
-    app_source = (ROOT / "streams/app.py").read_text()
+    app_source = (ROOT / "streams/runtime/app.py").read_text()
     assert '@app.page("/ready")' in app_source and '@app.page("/metrics")' in app_source
     # a volume per pod for the RocksDB data dir, where the worker keeps it
     (claim,) = sts["spec"]["volumeClaimTemplates"]
@@ -308,7 +308,7 @@ def test_the_statefulset_agrees_with_the_cli_and_the_image(monkeypatch):
 
 
 def test_the_compose_file_agrees_with_the_cli_prometheus_and_grafana(monkeypatch):
-    from streams.cli import build_parser
+    from streams.cli.main import build_parser
 
     services = compose()["services"]
     assert {"kafka", "enforcer", "prometheus", "grafana"} <= set(services)

@@ -8,9 +8,9 @@ ledger is exactly what is live, and every post gets exactly one live decision.
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.consent import EMPTY, ConsentState
-from streams.enforcement import Effects, Source, on_objection, on_post
-from streams.policy import load_policy
+from streams.core.consent import EMPTY, ConsentState
+from streams.core.enforcement import Effects, Source, on_objection, on_post
+from streams.core.policy import load_policy
 from tests.unit.strategies import objections, posts
 
 POLICY = load_policy()

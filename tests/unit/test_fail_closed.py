@@ -12,22 +12,22 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from hypothesis import given
 from hypothesis import strategies as st
 
-import streams.agents as agents
-from streams.codec import DECISION, OBJECTION, POST
-from streams.enforcement import (
+import streams.gate.processor as agents
+from streams.core.enforcement import (
     RETRACTION_IDS_BYTES,
     Source,
     as_applied,
     on_objection,
     retraction_chunks,
 )
-from streams.ledger import StateNotReady
-from streams.metrics import Metrics, label
-from streams.policy import load_policy
-from streams.records import DLQ_REFERENCE, KIND_OBJECTION, KIND_POST, partition_for_user
-from streams.rekey import Rekeyer
+from streams.core.policy import load_policy
+from streams.core.records import DLQ_REFERENCE, KIND_OBJECTION, KIND_POST, partition_for_user
+from streams.gate.metrics import Metrics, label
+from streams.kafka.topics import RenewingAdmin, asked_until_answered
+from streams.rekey.stage import Rekeyer
+from streams.serde.codec import DECISION, OBJECTION, POST
 from streams.settings import Settings, SettingsError, validate
-from streams.topics import RenewingAdmin, asked_until_answered
+from streams.state.ledger import StateNotReady
 from tests.unit.test_splice import CODEC, POST_RECORD, _gate, _message
 
 POLICY = load_policy()
@@ -267,7 +267,7 @@ def _event(event_id: str, user: str, action: str = "OBJECT", occurred_at: int = 
 def test_posts_wait_when_the_broker_cannot_say_how_far_objections_are_forwarded(error, monkeypatch):
     """A leader moving or a timeout while the re-keying stage asks: every objections
     partition counts as behind (the posts wait, and it asks again), never a crash."""
-    monkeypatch.setattr("streams.topics.admin_client", lambda settings: object())
+    monkeypatch.setattr("streams.kafka.topics.admin_client", lambda settings: object())
     stage = Rekeyer.__new__(Rekeyer)
     stage._admin = RenewingAdmin(Settings())
     stage._objection_partitions = [0, 1, 2]
@@ -303,7 +303,7 @@ def test_a_stale_leader_view_renews_the_admin_client(code, renewed, monkeypatch)
         made.append(object())
         return made[-1]
 
-    monkeypatch.setattr("streams.topics.admin_client", make)
+    monkeypatch.setattr("streams.kafka.topics.admin_client", make)
     stage = Rekeyer.__new__(Rekeyer)
     stage._admin = RenewingAdmin(Settings())
     stage._objection_partitions = [0]
@@ -319,7 +319,7 @@ def test_a_stale_leader_view_renews_the_admin_client(code, renewed, monkeypatch)
 
 
 def test_a_transient_error_is_asked_again_and_others_are_raised(monkeypatch):
-    monkeypatch.setattr("streams.topics.time.sleep", lambda seconds: None)
+    monkeypatch.setattr("streams.kafka.topics.time.sleep", lambda seconds: None)
     answers: list = [
         KafkaException(KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION)),
         KafkaException(KafkaError(KafkaError.NOT_COORDINATOR)),
@@ -342,8 +342,8 @@ def test_a_transient_error_is_asked_again_and_others_are_raised(monkeypatch):
 
 def test_a_transient_error_that_lasts_is_raised_after_the_deadline(monkeypatch):
     clock = iter(range(0, 1000, 10))
-    monkeypatch.setattr("streams.topics.time.monotonic", lambda: next(clock))
-    monkeypatch.setattr("streams.topics.time.sleep", lambda seconds: None)
+    monkeypatch.setattr("streams.kafka.topics.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("streams.kafka.topics.time.sleep", lambda seconds: None)
 
     def ask():
         raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
@@ -356,7 +356,7 @@ def test_the_stage_asks_again_for_start_positions_while_a_leader_moves(monkeypat
     """The second long chaos run: a broker restarting answered the re-keying stage's
     watermark lookup on assignment with NOT_LEADER_FOR_PARTITION; the error came out of
     consume(), stopped the stage, and every worker exited 70 at once."""
-    monkeypatch.setattr("streams.topics.time.sleep", lambda seconds: None)
+    monkeypatch.setattr("streams.kafka.topics.time.sleep", lambda seconds: None)
 
     class Consumer:
         calls = 0

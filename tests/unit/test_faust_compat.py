@@ -15,7 +15,8 @@ import pytest
 from faust.app.base import App
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from streams import cli, faust_compat
+from streams import faust_compat
+from streams.cli import main as cli
 
 STREAMS = Path(__file__).resolve().parents[2] / "streams"
 BOUNDARY = STREAMS / "faust_compat.py"

@@ -11,16 +11,16 @@ from types import SimpleNamespace
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-import streams.outputs as outputs_module
-from streams import native
-from streams.agents import Processor
-from streams.codec import OBJECTION, POST
-from streams.ledger import TableState
-from streams.metrics import Metrics
-from streams.outputs import OutputProducer, Partition
-from streams.policy import load_policy
-from streams.records import KIND_OBJECTION, KIND_POST, partition_for_user
+import streams.kafka.outputs as outputs_module
+from streams.core.policy import load_policy
+from streams.core.records import KIND_OBJECTION, KIND_POST, partition_for_user
+from streams.gate import native
+from streams.gate.metrics import Metrics
+from streams.gate.processor import Processor
+from streams.kafka.outputs import OutputProducer, Partition
+from streams.serde.codec import OBJECTION, POST
 from streams.settings import Settings
+from streams.state.ledger import TableState
 from tests.unit.test_splice import CODEC, POST_RECORD, MemoryFaustTable, _message
 
 LEDGER, CONSENT = "ledger-changelog", "consent-changelog"

@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import pytest
 from faust.types import TP
 
-from streams.ledger import ForeignChangelogWrite, TableState
-from streams.outputs import OutputProducer
+from streams.kafka.outputs import OutputProducer
+from streams.state.ledger import ForeignChangelogWrite, TableState
 
 TOPIC = "app-ledger-changelog"
 

@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.ledger import Ledger, entry_key
+from streams.state.ledger import Ledger, entry_key
 
 
 class MemoryTable:

@@ -1,4 +1,4 @@
-"""The consent lookup's pure parts (streams/lookup.py): user id parsing, the bearer
+"""The consent lookup's pure parts (streams/runtime/lookup.py): user id parsing, the bearer
 token, the answer built from consent state, routing; and the answering worker's
 checks, with stand-ins for Faust (the two-worker test on the broker is
 tests/test_consent_lookup_kafka.py)."""
@@ -15,11 +15,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams import lookup
-from streams.cli import build_parser
-from streams.consent import EMPTY, ConsentState, Mark, apply, decode_state, encode_state, receive
-from streams.ledger import StateNotReady
-from streams.lookup import (
+from streams.cli.main import build_parser
+from streams.core.consent import (
+    EMPTY,
+    ConsentState,
+    Mark,
+    apply,
+    decode_state,
+    encode_state,
+    receive,
+)
+from streams.core.records import MAX_ID_BYTES, partition_for_user
+from streams.runtime import lookup
+from streams.runtime.lookup import (
     ANSWERED_BY,
     FORWARDED,
     BadUserId,
@@ -33,8 +41,8 @@ from streams.lookup import (
     read_token,
     route,
 )
-from streams.records import MAX_ID_BYTES, partition_for_user
 from streams.settings import Settings, SettingsError, from_args
+from streams.state.ledger import StateNotReady
 from tests.unit.strategies import PLATFORMS, objections
 
 TOKEN = b"s3cret-token-0123456789"

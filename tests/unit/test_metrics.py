@@ -8,9 +8,9 @@ from types import SimpleNamespace
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.codec import Codec
-from streams.metrics import Metrics, gate_lags
-from streams.rekey import LAG_BASE, LAG_PARTITIONS, Rekeyer, RekeyStage
+from streams.gate.metrics import Metrics, gate_lags
+from streams.rekey.stage import LAG_BASE, LAG_PARTITIONS, Rekeyer, RekeyStage
+from streams.serde.codec import Codec
 from streams.settings import Settings
 
 
@@ -90,9 +90,9 @@ def test_the_gate_lag_is_the_high_watermark_minus_the_next_offset():
 
 
 def test_an_objection_that_retracts_posts_is_timed():
-    from streams.codec import OBJECTION, POST
-    from streams.policy import load_policy
-    from streams.records import KIND_OBJECTION, KIND_POST
+    from streams.core.policy import load_policy
+    from streams.core.records import KIND_OBJECTION, KIND_POST
+    from streams.serde.codec import OBJECTION, POST
     from tests.unit.test_fail_closed import PUBLISHED_POST, _event
     from tests.unit.test_splice import CODEC, _gate, _message
 

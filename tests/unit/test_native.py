@@ -1,4 +1,4 @@
-"""The native fast path (``streams/_native.c``) must write exactly what the Python gate
+"""The native fast path (``streams/gate/_native.c``) must write exactly what the Python gate
 writes: the same records in the same order, the same DLQ records, table entries,
 metrics, offsets and repositioning requests, for any batch of posts (adversarially
 encoded ones too), objections, garbage and odd ids, over several partitions with gaps
@@ -17,11 +17,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import streams.agents as agents
-from streams import native, records
-from streams.codec import OBJECTION, POST
-from streams.policy import load_policy
-from streams.records import KIND_OBJECTION, KIND_POST, partition_for_user
+import streams.gate.processor as agents
+from streams.core import records
+from streams.core.policy import load_policy
+from streams.core.records import KIND_OBJECTION, KIND_POST, partition_for_user
+from streams.gate import native
+from streams.serde.codec import OBJECTION, POST
 from tests.unit.strategies import objections, policies, posts
 from tests.unit.test_avro_adversarial import DECIDABLE, post_encodings
 from tests.unit.test_splice import CODEC, POST_RECORD, MemoryDB, _gate, _message
@@ -128,7 +129,7 @@ USERS = ("u1", "u2", "u3", "u4", "u5")
 
 
 class Clock:
-    """``time`` as agents.py uses it, with a monotonic clock the test moves."""
+    """``time`` as gate/processor.py uses it, with a monotonic clock the test moves."""
 
     def __init__(self) -> None:
         self.now = 1_000.0

@@ -3,7 +3,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.offsets import Admit, OffsetTracker
+from streams.gate.offsets import Admit, OffsetTracker
 
 
 def test_unknown_partition_must_be_positioned_first():

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.policy import Outcome, PolicyError, Reason, decide, load_policy
+from streams.core.policy import Outcome, PolicyError, Reason, decide, load_policy
 from tests.unit.strategies import policies, posts
 
 RULES = [  # (reason, the post passes this rule)

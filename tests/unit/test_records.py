@@ -8,9 +8,8 @@ from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams import codec, records
-from streams.codec import DecodeError
-from streams.records import (
+from streams.core import records
+from streams.core.records import (
     KIND,
     KIND_OBJECTION,
     KIND_POST,
@@ -25,6 +24,8 @@ from streams.records import (
     pack_source,
     source_prefix,
 )
+from streams.serde import codec
+from streams.serde.codec import DecodeError
 
 _own = st.lists(st.tuples(st.text(max_size=10), st.binary(max_size=10)), max_size=3)
 

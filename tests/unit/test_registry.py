@@ -16,10 +16,16 @@ import pytest
 from confluent_kafka.schema_registry import Schema
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-import streams.agents as agents
-import streams.codec as codec_module
-from streams.agents import Processor
-from streams.codec import (
+import streams.gate.processor as agents
+import streams.serde.codec as codec_module
+from streams.core.policy import load_policy
+from streams.core.records import KIND_OBJECTION, KIND_POST
+from streams.gate.metrics import Metrics
+from streams.gate.offsets import Admit
+from streams.gate.processor import Processor
+from streams.kafka.registry import register_output_schemas
+from streams.rekey.stage import Rekeyer
+from streams.serde.codec import (
     DECISION,
     OBJECTION,
     POST,
@@ -28,14 +34,8 @@ from streams.codec import (
     RegistryUnavailable,
     wait_for_registry,
 )
-from streams.ledger import TableState
-from streams.metrics import Metrics
-from streams.offsets import Admit
-from streams.policy import load_policy
-from streams.records import KIND_OBJECTION, KIND_POST
-from streams.registry import register_output_schemas
-from streams.rekey import Rekeyer
 from streams.settings import Settings
+from streams.state.ledger import TableState
 from tests.unit.test_splice import POST_RECORD, MemoryFaustTable, Recorder, _message
 
 PLAIN = Codec()

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka import KafkaError
 
-from streams.cli import build_parser, main
-from streams.connection import (
+from streams.cli.main import build_parser, main
+from streams.kafka.connection import (
     access_problem,
     connection_flags,
     faust_connection,
@@ -356,7 +356,7 @@ class FakeAdmin:
 
 
 def test_check_access_names_the_first_acl_missing() -> None:
-    from streams.connection import KafkaAccessError, check_access
+    from streams.kafka.connection import KafkaAccessError, check_access
 
     s = Settings(app_id="app")
     topics = {s.posts_topic: ["READ", "DESCRIBE"], s.objections_topic: ["READ", "DESCRIBE"]}

@@ -14,15 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import streams.agents as agents
-from streams.agents import Processor
-from streams.avro_compiled import compile_reader, compile_splice, compile_writer
-from streams.codec import DECISION, OBJECTION, POST, TRAINING_RECORD, Codec
-from streams.enforcement import Source, _decision, training_record
-from streams.ledger import TableState
-from streams.metrics import Metrics
-from streams.policy import Outcome, Reason, load_policy
-from streams.records import (
+import streams.gate.processor as agents
+from streams.core.enforcement import Source, _decision, training_record
+from streams.core.policy import Outcome, Reason, load_policy
+from streams.core.records import (
     KIND,
     KIND_OBJECTION,
     KIND_POST,
@@ -34,7 +29,12 @@ from streams.records import (
     pack_source,
     source_prefix,
 )
+from streams.gate.metrics import Metrics
+from streams.gate.processor import Processor
+from streams.serde.avro_compiled import compile_reader, compile_splice, compile_writer
+from streams.serde.codec import DECISION, OBJECTION, POST, TRAINING_RECORD, Codec
 from streams.settings import Settings
+from streams.state.ledger import TableState
 from tests.unit.strategies import objections, policies, posts
 
 CODEC = Codec()

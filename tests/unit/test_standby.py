@@ -11,12 +11,12 @@ import pytest
 from faust.assignor.client_assignment import CopartitionedAssignment
 from faust.assignor.copartitioned_assignor import CopartitionedAssignor
 
-from streams.app import faust_settings
-from streams.codec import POST
-from streams.ledger import TableState
-from streams.policy import load_policy
-from streams.records import KIND_POST
+from streams.core.policy import load_policy
+from streams.core.records import KIND_POST
+from streams.runtime.app import faust_settings
+from streams.serde.codec import POST
 from streams.settings import Settings, SettingsError, add_common_arguments, from_args
+from streams.state.ledger import TableState
 from tests.unit.test_splice import CODEC, POST_RECORD, _gate, _message
 
 POLICY = load_policy()

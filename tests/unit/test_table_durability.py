@@ -11,7 +11,7 @@ from pathlib import Path
 
 from faust.stores.rocksdb import Store
 
-from streams.ledger import ChangelogBackedOptions
+from streams.state.ledger import ChangelogBackedOptions
 from tests.support import ROOT
 
 WRITER = textwrap.dedent(
@@ -20,7 +20,7 @@ WRITER = textwrap.dedent(
     from pathlib import Path
     from types import SimpleNamespace
     from faust.stores.rocksdb import Store
-    from streams.ledger import ChangelogBackedOptions, TableState
+    from streams.state.ledger import ChangelogBackedOptions, TableState
 
     class Outputs:
         def track_changelog(self, topic): pass

@@ -15,8 +15,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from streams import native
-from streams.app import TransactionCommits
+from streams.gate import native
+from streams.runtime.app import TransactionCommits
 from streams.settings import Settings, SettingsError, add_common_arguments, from_args
 from tests.unit.test_fencing import LEDGER, FakeProducer, fenced_gate, post
 

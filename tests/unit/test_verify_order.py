@@ -10,7 +10,7 @@ objection the WITHDRAW had ended."""
 from __future__ import annotations
 
 from streams.settings import Settings
-from streams.verify import Checker, Topics
+from streams.verify.checker import Checker, Topics
 
 TOPICS = Topics.of(Settings())
 USER = "u1"

@@ -15,7 +15,7 @@ import org.apache.avro.SchemaNormalization;
  * Avro binary, written by hand for the enforcer's flat records, in single-object encoding
  * (C3 01, the 8-byte little-endian CRC-64-AVRO fingerprint of the schema's Parsing
  * Canonical Form, the datum). It accepts and refuses what the enforcer's reader does
- * (streams/avro_compiled.py): ints of at most 5 bytes and 32 bits, longs of at most 10
+ * (streams/serde/avro_compiled.py): ints of at most 5 bytes and 32 bits, longs of at most 10
  * bytes and 64 bits, strict UTF-8, booleans 0 or 1, enum and union indexes in range,
  * arrays in any number of blocks, no trailing bytes; and writes what fastavro writes (one
  * array block, shortest varints). The schemas are read from the enforcer's .avsc files at

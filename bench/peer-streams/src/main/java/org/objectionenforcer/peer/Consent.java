@@ -8,7 +8,7 @@ import org.apache.kafka.common.serialization.Serdes;
 import org.apache.kafka.common.serialization.Serializer;
 
 /**
- * One user's consent state and how objection events change it (streams/consent.py): per
+ * One user's consent state and how objection events change it (streams/core/consent.py): per
  * slot (every platform, FACEBOOK, INSTAGRAM) the winning event so far, the event with the
  * greatest (occurred_at, OBJECT over WITHDRAW, event_id); a platform is objected when the
  * greater of its own mark and the every-platform mark is an OBJECT; the last 64 event ids

@@ -5,7 +5,7 @@ import java.util.List;
 
 /**
  * The output records in single-object encoding, as the enforcer writes them
- * (streams/enforcement.py builds them, streams/codec.py encodes them). One per processor:
+ * (streams/core/enforcement.py builds them, streams/serde/codec.py encodes them). One per processor:
  * the buffer is reused.
  */
 final class Encode {

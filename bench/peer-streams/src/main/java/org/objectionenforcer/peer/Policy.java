@@ -3,7 +3,7 @@ package org.objectionenforcer.peer;
 import java.util.Set;
 
 /**
- * The training policy (streams/policy.py): the first rule a post fails, in order NOT_PUBLIC,
+ * The training policy (streams/core/policy.py): the first rule a post fails, in order NOT_PUBLIC,
  * MINOR, COUNTRY_EXCLUDED, PLATFORM_EXCLUDED, OBJECTED; else ELIGIBLE. Reasons and outcomes
  * are the indexes of the Decision schema's enums. The launcher (bench/peer_streams.py) passes
  * the policy file's values, validated by the enforcer's own loader.

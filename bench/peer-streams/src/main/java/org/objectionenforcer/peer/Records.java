@@ -4,7 +4,7 @@ import java.nio.charset.StandardCharsets;
 import java.util.regex.Pattern;
 import org.objectionenforcer.peer.Avro.DecodeError;
 
-/** The input records as read, what counts as valid beyond the schema (streams/records.py). */
+/** The input records as read, what counts as valid beyond the schema (streams/core/records.py). */
 final class Records {
   private Records() {}
 

@@ -36,7 +36,7 @@ _COUNTRY = re.compile(r"[A-Z]{2}\Z")
 
 # The layout of a Post as the gate reads it, the one description both of its paths use:
 # the fields it reads from a scanned post, in the order it indexes them (the Python
-# path's picker, ``processor.POST_FIELDS``; the fast path's picks, ``gate/native.py``, whose C
+# path's picker, ``gate/posts.py``; the fast path's picks, ``gate/native.py``, whose C
 # code, ``_native.c``, reads them in this order), with the Avro kind of each (the fast
 # path requires these kinds, and ``_native.c`` checks them again at set-up: platform
 # and visibility index its rules table as enum indexes, the adult flag as a boolean).

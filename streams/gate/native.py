@@ -4,9 +4,9 @@ policy and the gate's state; optional.
 It decides the common post (current schema in its canonical encoding, packed source
 header, a user of the partition it arrived on, not over ``Processor.max_post_bytes``,
 next expected offset, published or blocked) with the same reads, writes, bytes and
-failure handling as ``Processor._post_as_bytes``, without the interpreter's cost per
-post; it hands every other record, before any side effect, to
-``Processor.process_one``. The rules stay
+failure handling as ``Posts.decide_spliced`` (``gate/posts.py``), without the
+interpreter's cost per post; it hands every other record, before any side effect, to
+``Processor.process_one``. Whether it is used: ``gate/fastpath.py``. The rules stay
 here in Python: the fast path reads the reason from a table filled by calling
 ``Policy.reason_of`` for every combination of the fields they read, and asks
 ``core/consent.py`` whether a user with consent state objects. The gate decides every post
@@ -203,15 +203,15 @@ def make_fast_gate(processor: Any) -> Any:
             ledger.state._open,
             ledger._held,
             processor.offsets.expected,
-            processor._repositioning,
+            processor.positions.repositioning,
         ),
         (
             outputs.raw_produce,
             outputs.produce_when_room,
             stored_objects,
             processor.process_one,
-            processor.fast_failed,
-            processor.output_failed,
+            processor.fast_path.failed,
+            processor.emitter.output_failed,
         ),
         LATENCY_BUCKETS,
         (settings.partitions, processor.max_post_bytes),

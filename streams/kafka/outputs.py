@@ -18,7 +18,7 @@ before it processes p's records; its commit commits every open transaction
 (``begin_commit``/``finish_commit``, in threads, the gate going on meanwhile with the
 other partitions) before it persists table offsets and commits input offsets. Nothing
 is produced through a producer while its transaction commits (``use`` is False; the
-gate holds the partition's records until then: ``Processor.release``), and only
+gate holds the partition's records until then: ``gate/checkpoint.py``), and only
 changelog records of committed transactions count for the persisted table offsets
 (``changelog_runs``). Any failure of a transactional call is fatal: the worker stops
 (exit 70) with nothing more committed.

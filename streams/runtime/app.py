@@ -23,6 +23,7 @@ from faust.types import TP
 
 from streams import faust_compat
 from streams.core.policy import Policy
+from streams.gate.checkpoint import Checkpoint
 from streams.gate.metrics import Metrics, gate_lags
 from streams.gate.processor import Processor
 from streams.kafka.connection import faust_connection
@@ -38,7 +39,7 @@ from streams.rekey.stage import RekeyStage
 from streams.runtime.lookup import install_consent_lookup
 from streams.serde.codec import Codec
 from streams.settings import Settings
-from streams.state.ledger import ForeignChangelogWrite, TableState, without_wal
+from streams.state.ledger import TableState, without_wal
 
 RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 
@@ -109,54 +110,7 @@ def _dispatch_to_gate(app: faust.App, topic: str, processor: Processor) -> None:
 
     faust_compat.take_fetched(consumer, take)
     consumer.callback = on_message
-    processor.may_process = may_process  # for records held during a commit (release)
-
-
-class TransactionCommits:
-    """Commits of the open transactions (fencing) that do not hold the event loop.
-
-    Each transaction commits in a thread of its own (a flush and an EndTxn round trip,
-    10-40 ms on a loaded machine; the gate waited for them on the event loop, and at a
-    0.1 s interval it was 37% of its main thread's time). Meanwhile the gate goes on
-    with the partitions that are not committing; a committing partition's records wait
-    (``Processor.process``) and are processed into its next transaction once its commit
-    has ended, which also counts its changelog records for the tables' persisted
-    offsets (``OutputProducer.finish_commit``). One round at a time; never cancelled
-    halfway (every commit's end must be seen)."""
-
-    def __init__(self, outputs: OutputProducer, processor: Processor) -> None:
-        self.outputs = outputs
-        self.processor = processor
-        self._round: asyncio.Future | None = None
-        # the event loop waits for the commits instead, as before (A/B measurements only:
-        # bench/commit_interval.py)
-        self.blocking = os.environ.get("ENFORCER_TXN_COMMIT_BLOCKING", "0") == "1"
-
-    async def idle(self) -> None:
-        """Wait until no commit is in flight."""
-        while self._round is not None and not self._round.done():
-            await asyncio.wait([self._round])  # its failure is commit()'s to raise
-
-    async def commit(self) -> None:
-        """Begin committing every open transaction now (call with no commit in flight:
-        ``idle`` first, with no await between); return once each has ended."""
-        if self._round is not None and not self._round.done():
-            raise RuntimeError("a commit is in flight")
-        if self.blocking:  # nothing is processed meanwhile, so nothing waits
-            self.outputs.commit()
-            return
-        self._round = asyncio.ensure_future(self._finish(self.outputs.begin_commit()))
-        await self.idle()
-        self._round.result()  # a failure other than a commit's (those stop the worker)
-
-    async def _finish(self, started: list) -> None:
-        async def one(part: Any, done: Any) -> tuple[Any, str | None]:
-            return part, await asyncio.wrap_future(done)
-
-        for next_done in asyncio.as_completed([one(part, done) for part, done in started]):
-            part, error = await next_done
-            self.outputs.finish_commit(part, error)  # stops the worker on an error
-            self.processor.release(part.partition)
+    processor.checkpoint.may_process = may_process  # records held during a commit (release)
 
 
 def _fence_before_recovery(
@@ -164,7 +118,7 @@ def _fence_before_recovery(
     topic: str,
     changelogs: list[str],
     outputs: OutputProducer,
-    commits: TransactionCommits,
+    checkpoint: Checkpoint,
 ) -> None:
     """With fencing: on every assignment, initialise a transactional producer for each
     assigned partition of the gate's topic **before** Faust restores the tables.
@@ -188,7 +142,7 @@ def _fence_before_recovery(
         assigned: Any, revoked: Any, newly_assigned: Any, generation_id: int = 0
     ) -> None:
         mine = sorted(tp.partition for tp in assigned if tp.topic == topic)
-        await commits.idle()  # a producer is dropped only once its commit has ended
+        await checkpoint.idle()  # a producer is dropped only once its commit has ended
         outputs.drop([p for p in outputs.partitions if p not in mine])
         new = [p for p in mine if p not in outputs.partitions]
         loop = asyncio.get_running_loop()
@@ -278,11 +232,10 @@ def wire_offsets(
     settings: Settings,
     processor: Processor,
     metrics: Metrics,
-    persist_offsets: Any,
-    commits: TransactionCommits | None = None,
 ) -> None:
-    """The gate's own offset management: start positions, seeks after gaps, commits
-    (outputs flushed first: at-least-once), and forgetting partitions on rebalance."""
+    """The gate's own offset management: start positions, seeks after gaps, the
+    checkpoint on a timer (``gate/checkpoint.py``: outputs first, at-least-once), and
+    forgetting partitions on rebalance."""
     topic = settings.user_events_topic
     admin = RenewingAdmin(settings)  # its lookups run in executor threads
     loop_tasks: set[asyncio.Task] = set()
@@ -351,48 +304,22 @@ def wire_offsets(
         loop_tasks.add(task)
         task.add_done_callback(loop_tasks.discard)
 
-    processor.reposition = request
+    processor.positions.reposition = request
     faust_compat.unfilter_read_offsets(app.consumer, topic)
 
-    committed: dict[int, int] = {}  # partition -> offset committed, not yet purged
-
+    checkpoint = processor.checkpoint
     outputs = processor.outputs
-    fencing = bool(getattr(outputs, "transactional", False))
-
-    async def commit_now() -> None:
-        # With fencing: the open transactions first (outputs and table changes of the
-        # processed inputs become visible; a fenced or timed-out commit stops the worker
-        # here), then the tables' offsets, then the input offsets, outside the
-        # transaction (at-least-once: a crash in between repeats idempotent outputs).
-        # The inputs processed before the commits began are in those transactions;
-        # records read during them go into the next ones (TransactionCommits).
-        if commits is not None:
-            await commits.idle()
-        due = processor.offsets.to_commit()
-        if not due and not (fencing and outputs.in_transaction()):
-            return
-        processor.settle()
-        if commits is not None:
-            await commits.commit()
-            # never past a partition whose commit has not been seen to end
-            due = {p: o for p, o in due.items() if p not in outputs.committing}
-        persist_offsets()
-        if due and await faust_compat.commit_offsets(
-            app.consumer, {TP(topic, p): o for p, o in due.items()}
-        ):
-            processor.offsets.committed_ok(due)
-            committed.update(due)
+    fencing = checkpoint.fencing
 
     @app.timer(settings.txn_commit_interval if fencing else COMMIT_INTERVAL)
     async def commit_gate_offsets() -> None:
-        processor.retry_repositioning()
-        await commit_now()
+        processor.positions.retry()
+        await checkpoint.commit()
 
     @app.timer(PURGE_INTERVAL)
     async def purge_processed_records() -> None:
         # the internal topic keeps records until they are processed (kafka/topics.py)
-        done = {p: o for p, o in committed.items() if p in processor.offsets.expected}
-        committed.clear()
+        done = checkpoint.purgeable()
         try:
             await asyncio.get_running_loop().run_in_executor(
                 None, purge_committed, admin.client, topic, done
@@ -405,15 +332,14 @@ def wire_offsets(
     # closes the tables, so that a restart does not decide the last second again.
     async def commit_after_streams() -> None:
         try:
-            await commit_now()
+            await checkpoint.commit()
         except Exception as exc:  # the next worker re-reads; at-least-once holds
             log.warning("final offset commit failed: %s", exc)
 
     faust_compat.after_streams_drained(app, commit_after_streams)
 
     async def revoked(app: faust.App, tps: Any, **kwargs: Any) -> None:
-        if commits is not None:  # a producer is dropped only once its commit has ended
-            await commits.idle()
+        await checkpoint.idle()  # a producer is dropped only once its commit has ended
         for tp in tps:
             if tp.topic == topic:
                 processor.forget(tp.partition)
@@ -478,13 +404,6 @@ def build(
 
     outputs.on_fatal = full_recovery
 
-    def persist_offsets() -> None:
-        try:
-            consent_state.persist_offsets()
-            ledger_state.persist_offsets()
-        except ForeignChangelogWrite as exc:  # before the commit: inputs processed again
-            stop_worker(f"{exc}; exiting, so that the tables are restored from the changelog")
-
     processor = Processor(
         app, settings, policy, codec, consent_state, ledger_state, outputs, metrics
     )
@@ -504,15 +423,14 @@ def build(
     app.agent(user_events, name="gate")(gate)
     if os.environ.get("ENFORCER_DIRECT_DISPATCH", "1") != "0":
         _dispatch_to_gate(app, settings.user_events_topic, processor)
-    commits = TransactionCommits(outputs, processor) if settings.fencing else None
-    wire_offsets(app, settings, processor, metrics, persist_offsets, commits)
-    if commits is not None:
+    wire_offsets(app, settings, processor, metrics)
+    if settings.fencing:
         _fence_before_recovery(
             app,
             settings.user_events_topic,
             [settings.changelog_topic("consent"), settings.changelog_topic("ledger")],
             outputs,
-            commits,
+            processor.checkpoint,
         )
 
     @app.task

@@ -12,7 +12,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from hypothesis import given
 from hypothesis import strategies as st
 
-import streams.gate.processor as agents
+import streams.gate.fastpath as gate_fastpath
 from streams.core.enforcement import (
     RETRACTION_IDS_BYTES,
     Source,
@@ -22,6 +22,7 @@ from streams.core.enforcement import (
 )
 from streams.core.policy import load_policy
 from streams.core.records import DLQ_REFERENCE, KIND_OBJECTION, KIND_POST, partition_for_user
+from streams.gate.emit import Emitter
 from streams.gate.metrics import Metrics, label
 from streams.kafka.topics import RenewingAdmin, asked_until_answered
 from streams.rekey.stage import Rekeyer
@@ -35,7 +36,7 @@ PUBLISHED_POST = {**POST_RECORD, "user_id": "u1", "post_id": "p1"}
 
 
 class OutputFailed(SystemExit):
-    """What ``Processor.output_failed`` raises here instead of exiting the process (a
+    """What ``Emitter.output_failed`` raises here instead of exiting the process (a
     BaseException, as an exit is: no ``except Exception`` of the gate catches it)."""
 
 
@@ -44,9 +45,9 @@ def no_exit(monkeypatch):
     def output_failed(self, message, exc):
         raise OutputFailed(70)
 
-    monkeypatch.setattr(agents.Processor, "output_failed", output_failed)
-    monkeypatch.setattr(agents, "native", SimpleNamespace(**{**vars(agents.native)}))
-    monkeypatch.setattr(agents.native, "available", lambda: False)
+    monkeypatch.setattr(Emitter, "output_failed", output_failed)
+    monkeypatch.setattr(gate_fastpath, "native", SimpleNamespace(**{**vars(gate_fastpath.native)}))
+    monkeypatch.setattr(gate_fastpath.native, "available", lambda: False)
 
 
 def _topics(out) -> list[str]:

@@ -112,7 +112,7 @@ def test_each_partitions_records_go_through_its_own_producer(path: str) -> None:
     producers = {0: FakeProducer(), 1: FakeProducer()}
     processor, out = fenced_gate(producers)
     if path == "python":
-        processor._fast = False
+        processor.fast_path.gate = False
         for message in [post(0, 0, "a"), post(1, 0, "b"), post(0, 1, "c"), objection(1, 1)]:
             processor.process_one(message)
     else:
@@ -130,7 +130,7 @@ def test_each_partitions_records_go_through_its_own_producer(path: str) -> None:
     # ledger's removal held until the commit settles it, then in the same transaction
     assert ("training-ingest", b"b", None) in [r[:3] for r in producers[1].records]
     before = len(producers[1].records)
-    processor.settle()
+    processor.checkpoint.settle()
     settled = producers[1].records[before:]
     assert [(r[0], r[2], r[3]) for r in settled] == [(LEDGER, None, 1)]
     out.commit()
@@ -142,19 +142,19 @@ def test_nothing_is_written_for_a_partition_without_a_producer() -> None:
     producers = {0: FakeProducer()}  # partition 1 is not (or not yet) initialised here
     processor, out = fenced_gate(producers)
     asked = []
-    processor.reposition = lambda partition, expected: asked.append((partition, expected))
-    processor._fast = False
+    processor.positions.reposition = lambda partition, expected: asked.append((partition, expected))
+    processor.fast_path.gate = False
     processor.process_one(post(1, 0, "b"))
     processor.process([post(1, 0, "b")], partition=1)
     assert processor.offsets.expected[1] == 0  # read again later, not decided
     assert producers[0].records == [] and not out.in_transaction()
-    assert 1 in processor._repositioning
+    assert 1 in processor.positions.repositioning
 
 
 def test_a_failed_commit_stops_the_worker_and_marks_its_open_partitions(monkeypatch) -> None:
     producers = {0: FakeProducer(), 1: FakeProducer(fail_commit=True)}
     processor, out = fenced_gate(producers)
-    processor._fast = False
+    processor.fast_path.gate = False
     processor.process_one(post(0, 0, "a"))
     processor.process_one(post(1, 0, "b"))
     marked = []
@@ -184,7 +184,7 @@ def test_failed_deliveries_stop_the_worker_except_records_of_an_aborted_transact
 def test_revoked_partitions_abort_their_open_transaction() -> None:
     producers = {0: FakeProducer(), 1: FakeProducer()}
     processor, out = fenced_gate(producers)
-    processor._fast = False
+    processor.fast_path.gate = False
     processor.process_one(post(0, 0, "a"))
     out.drop([0, 1])
     assert producers[0].calls == ["begin", "abort"] and producers[1].calls == []

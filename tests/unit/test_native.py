@@ -17,11 +17,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import streams.gate.processor as agents
 from streams.core import records
 from streams.core.policy import load_policy
 from streams.core.records import KIND_OBJECTION, KIND_POST, partition_for_user
+from streams.gate import clock as gate_clock
 from streams.gate import native
+from streams.gate import posts as gate_posts
 from streams.serde.codec import OBJECTION, POST
 from tests.unit.strategies import objections, policies, posts
 from tests.unit.test_avro_adversarial import DECIDABLE, post_encodings
@@ -34,7 +35,7 @@ NOW = 1_764_000_000_000
 @pytest.fixture(autouse=True)
 def fixed_clock(monkeypatch):
     """Both paths decide at the same millisecond (the fast path: ``fixed_now``)."""
-    monkeypatch.setattr(agents, "_now_ms", lambda: NOW)
+    monkeypatch.setattr(gate_clock, "now_ms", lambda: NOW)
 
 
 def _gate_with(use_native: bool, policy: Any, prepare: Any = None) -> tuple[Any, Any]:
@@ -45,10 +46,10 @@ def _gate_with(use_native: bool, policy: Any, prepare: Any = None) -> tuple[Any,
     if prepare is not None:
         prepare(out)
     if use_native:
-        processor._fast = native.make_fast_gate(processor)
-        processor._fast.fixed_now = NOW
+        processor.fast_path.gate = native.make_fast_gate(processor)
+        processor.fast_path.gate.fixed_now = NOW
     else:
-        processor._fast = False
+        processor.fast_path.gate = False
     processor.offsets.start(0, 0)
     return processor, out
 
@@ -129,7 +130,7 @@ USERS = ("u1", "u2", "u3", "u4", "u5")
 
 
 class Clock:
-    """``time`` as gate/processor.py uses it, with a monotonic clock the test moves."""
+    """``time`` as gate/clock.py uses it, with a monotonic clock the test moves."""
 
     def __init__(self) -> None:
         self.now = 1_000.0
@@ -215,17 +216,17 @@ def _decided(path: str, traffic: tuple, policy: Any, max_post_bytes: int) -> tup
     and its outputs encoded: the reference)."""
     partitions, starts, unknown, batches, pauses = traffic
     clock = Clock()
-    saved = agents.time
-    agents.time = clock  # type: ignore[assignment]
+    saved = gate_clock.time
+    gate_clock.time = clock  # type: ignore[assignment]
     try:
         processor, out = _gate(path != "decode", policy)
         processor.settings = replace(processor.settings, partitions=partitions)
         processor.max_post_bytes = max_post_bytes
         asked: list = []
-        processor.reposition = lambda partition, offset: asked.append((partition, offset))
-        processor._fast = native.make_fast_gate(processor) if path == "native" else False
+        processor.positions.reposition = lambda partition, offset: asked.append((partition, offset))
+        processor.fast_path.gate = native.make_fast_gate(processor) if path == "native" else False
         if path == "native":
-            processor._fast.fixed_now = NOW
+            processor.fast_path.gate.fixed_now = NOW
         for p, start in starts.items():
             if p != unknown:
                 processor.offsets.start(p, start)
@@ -233,9 +234,9 @@ def _decided(path: str, traffic: tuple, policy: Any, max_post_bytes: int) -> tup
             processor.process(batch)
             processor.ledger.settle()  # as before a commit
             clock.now += pause
-            processor.retry_repositioning()
+            processor.positions.retry()
     finally:
-        agents.time = saved
+        gate_clock.time = saved
     m = processor.metrics
     return (
         out.records,
@@ -245,7 +246,7 @@ def _decided(path: str, traffic: tuple, policy: Any, max_post_bytes: int) -> tup
         m.latency_n,
         processor.offsets.expected,
         asked,
-        processor._repositioning,
+        processor.positions.repositioning,
         {p: dict(db) for p, db in processor.ledger.state._open.items() if db},
         {p: dict(db) for p, db in processor.consent._open.items() if db},
     )
@@ -277,7 +278,7 @@ def test_the_fast_path_computes_the_partition_of_a_user_as_java_does():
     calls = []
     fallback = processor.process_one
     processor.process_one = lambda m: (calls.append((m.partition, m.offset)), fallback(m))
-    processor._fast = native.make_fast_gate(processor)
+    processor.fast_path.gate = native.make_fast_gate(processor)
     expected, messages = [], []
     for p in range(7):
         processor.offsets.start(p, 0)
@@ -320,7 +321,7 @@ def test_the_fast_path_decides_current_posts_and_leaves_the_rest():
     calls = []
     fallback = processor.process_one
     processor.process_one = lambda m: (calls.append(m.offset), fallback(m))
-    processor._fast = native.make_fast_gate(processor)
+    processor.fast_path.gate = native.make_fast_gate(processor)
     processor.offsets.start(0, 0)
     processor.process(_messages(inputs[:6]))
     assert calls == [3]
@@ -343,7 +344,7 @@ def test_the_fast_path_leaves_other_partitions_users_and_posts_too_large_to_pyth
     calls = []
     fallback = processor.process_one
     processor.process_one = lambda m: (calls.append((m.partition, m.offset)), fallback(m))
-    processor._fast = native.make_fast_gate(processor)
+    processor.fast_path.gate = native.make_fast_gate(processor)
     home = partition_for_user(b"u1", 8)
     processor.offsets.start(home, 0)
     processor.offsets.start((home + 1) % 8, 0)
@@ -412,10 +413,10 @@ def _failing(path: str, at: str, exits: bool) -> tuple:
         if exits:
             raise OutputFailed(70)
 
-    processor.output_failed = output_failed
-    processor._fast = native.make_fast_gate(processor) if path == "native" else False
+    processor.emitter.output_failed = output_failed
+    processor.fast_path.gate = native.make_fast_gate(processor) if path == "native" else False
     if path == "native":
-        processor._fast.fixed_now = NOW
+        processor.fast_path.gate.fixed_now = NOW
     processor.offsets.start(0, 0)
     second = {**POST_RECORD, "visibility": "PRIVATE"} if at.endswith("blocked") else POST_RECORD
     posts = [{**POST_RECORD, "post_id": "p0"}, second, {**POST_RECORD, "post_id": "p2"}]
@@ -518,7 +519,7 @@ def test_disabled_by_the_environment(monkeypatch):
     processor, out = _gate(True, load_policy())
     processor.offsets.start(0, 0)
     processor.process([_message(KIND_POST, _valid, 0, "u1")])
-    assert processor._fast is False
+    assert processor.fast_path.gate is False
     assert [r[0] for r in out.records] == _POST
 
 
@@ -526,7 +527,7 @@ def test_disabled_by_the_environment(monkeypatch):
 
 
 def test_one_post_layout_feeds_both_paths():
-    assert agents.POST_FIELDS is records.POST_FIELDS
+    assert gate_posts.POST_FIELDS is records.POST_FIELDS
     assert native.PICKED_KINDS is records.POST_FIELD_KINDS
     assert len(records.POST_FIELDS) == len(records.POST_FIELD_KINDS) == 6
 
@@ -590,5 +591,5 @@ def test_a_set_up_the_c_side_refuses_leaves_posts_to_python(monkeypatch):
         native.make_fast_gate(processor)
     processor.offsets.start(0, 0)
     processor.process([_message(KIND_POST, _valid, 0, "u1")])
-    assert processor._fast is False
+    assert processor.fast_path.gate is False
     assert [r[0] for r in out.records] == _POST

@@ -16,7 +16,7 @@ import pytest
 from confluent_kafka.schema_registry import Schema
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-import streams.gate.processor as agents
+import streams.gate.positions as gate_positions
 import streams.serde.codec as codec_module
 from streams.core.policy import load_policy
 from streams.core.records import KIND_OBJECTION, KIND_POST
@@ -283,7 +283,7 @@ def no_exit(monkeypatch):
     def exit_(code: int) -> None:
         raise Exited(code)
 
-    monkeypatch.setattr(agents.os, "_exit", exit_)
+    monkeypatch.setattr(gate_positions.os, "_exit", exit_)
 
 
 def _processor(registry: StubRegistry, timeout: float = 120.0) -> tuple[Processor, Recorder]:
@@ -307,7 +307,7 @@ def _processor(registry: StubRegistry, timeout: float = 120.0) -> tuple[Processo
     registry.failures = failures
     processor.offsets.start(0, 0)
     asked = []
-    processor.reposition = lambda partition, expected: asked.append((partition, expected))
+    processor.positions.reposition = lambda partition, expected: asked.append((partition, expected))
     processor.asked = asked
     return processor, out
 
@@ -321,16 +321,16 @@ def test_the_gate_reads_a_record_again_once_the_registry_answers(quick, no_exit)
     processor.process([objection, post])  # the native fast path, where it is built
     assert out.records == [] and processor.metrics.dlq == {}
     assert processor.offsets.expected == {0: 0} and processor.offsets.to_commit() == {}
-    assert not processor.ready() and 0 in processor._blocked
-    processor.retry_repositioning()  # not yet: REPOSITION_RETRY after the failure
+    assert not processor.ready() and 0 in processor.positions.blocked
+    processor.positions.retry()  # not yet: REPOSITION_RETRY after the failure
     assert processor.asked == []
-    processor._repositioning[0] -= agents.REPOSITION_RETRY + 1
-    processor.retry_repositioning()
+    processor.positions.repositioning[0] -= gate_positions.REPOSITION_RETRY + 1
+    processor.positions.retry()
     assert processor.asked == [(0, 0)]  # the seek back to the objection
     registry.failures = 0
     processor.codec._registry_paused_until = 0.0
     processor.process([objection, post])  # read again after the seek
-    assert processor.ready() and processor._blocked == {}
+    assert processor.ready() and processor.positions.blocked == {}
     assert processor.metrics.objections["OBJECT"] == 1
     assert processor.metrics.decisions[("BLOCKED", "OBJECTED")] == 1
     assert processor.offsets.to_commit() == {0: 2}
@@ -341,10 +341,10 @@ def test_the_gate_stops_when_a_record_waits_longer_than_the_registry_timeout(qui
     processor, out = _processor(StubRegistry(failures=float("inf")), timeout=1.0)
     objection = _message(KIND_OBJECTION, framed(OBJECTION_ID, OBJECTION, EVENT), 0, "u1")
     processor.process_one(objection)
-    processor.retry_repositioning()  # within the timeout
-    processor._blocked[0] -= 2
+    processor.positions.retry()  # within the timeout
+    processor.positions.blocked[0] -= 2
     with pytest.raises(Exited) as exited:
-        processor.retry_repositioning()
+        processor.positions.retry()
     assert exited.value.code == 70 and out.records == []
     assert processor.offsets.to_commit() == {}
 

@@ -14,7 +14,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import streams.gate.processor as agents
 from streams.core.enforcement import Source, _decision, training_record
 from streams.core.policy import Outcome, Reason, load_policy
 from streams.core.records import (
@@ -29,6 +28,7 @@ from streams.core.records import (
     pack_source,
     source_prefix,
 )
+from streams.gate import clock as gate_clock
 from streams.gate.metrics import Metrics
 from streams.gate.processor import Processor
 from streams.serde.avro_compiled import compile_reader, compile_splice, compile_writer
@@ -198,7 +198,7 @@ def _gate(splicing: bool, policy) -> tuple[Processor, Recorder]:
         None, Settings(partitions=1), policy, CODEC, consent, ledger, out, Metrics()
     )
     if not splicing:
-        processor._splices = False
+        processor.posts.splices = False
     return processor, out
 
 
@@ -282,7 +282,7 @@ def test_inputs_forwarded_in_five_headers_by_earlier_versions_give_the_same_reco
 def test_splicing_is_used_for_current_posts():
     processor, out = _gate(True, load_policy())
     processor.gate(_message(KIND_POST, CODEC.encode(POST, POST_RECORD), 0, "u1"))
-    assert processor._splices not in (None, False)
+    assert processor.posts.splices not in (None, False)
     ledger, (topic, key, value, _, _), decision = out.records[:3]
     assert ledger[0] == "ledger-changelog"
     assert (topic, key) == ("training-ingest", b"p1")
@@ -293,4 +293,4 @@ def test_splicing_is_used_for_current_posts():
 @pytest.fixture(autouse=True)
 def fixed_clock(monkeypatch):
     """Both runs of a comparison decide at the same millisecond."""
-    monkeypatch.setattr(agents, "_now_ms", lambda: 1_764_000_000_000)
+    monkeypatch.setattr(gate_clock, "now_ms", lambda: 1_764_000_000_000)

@@ -1,5 +1,5 @@
-"""Fencing's commits off the event loop (``app.TransactionCommits``,
-``OutputProducer.begin_commit``/``finish_commit``, ``Processor.release``): a partition's
+"""Fencing's commits off the event loop (``Checkpoint.commit_transactions``,
+``OutputProducer.begin_commit``/``finish_commit``, ``Checkpoint.hold``/``release``): a partition's
 transaction commits in a thread while the gate goes on with the other partitions; a
 record of the committing partition read meanwhile is produced only after its commit,
 into its next transaction (never into the one being committed, never lost); only
@@ -16,7 +16,6 @@ from types import SimpleNamespace
 import pytest
 
 from streams.gate import native
-from streams.runtime.app import TransactionCommits
 from streams.settings import Settings, SettingsError, add_common_arguments, from_args
 from tests.unit.test_fencing import LEDGER, FakeProducer, fenced_gate, post
 
@@ -59,7 +58,7 @@ def test_records_read_during_a_commit_go_into_the_next_transaction(path: str) ->
     processor, out = fenced_gate({0: slow, 1: other})
     out.track_changelog(LEDGER)
     if path == "python":
-        processor._fast = False
+        processor.fast_path.gate = False
     processor.process([post(0, 0, "a")], partition=0)
     delivered(out, 0, 0)
     started = out.begin_commit()
@@ -76,7 +75,7 @@ def test_records_read_during_a_commit_go_into_the_next_transaction(path: str) ->
     part, done = started[0]
     out.finish_commit(part, done.result())
     assert out.changelog_runs == {(LEDGER, 0): [0, 0, 1]}
-    processor.release(0)
+    processor.checkpoint.release(0)
     assert slow.log == ["begin", "publish a", "commit", "begin", "publish c"]
     assert processor.offsets.expected == {0: 2, 1: 1}
     delivered(out, 0, 2)  # of the next transaction: counted only once it commits
@@ -87,14 +86,14 @@ def test_commits_do_not_hold_the_event_loop_and_keep_the_order() -> None:
     slow, other = SlowProducer(), SlowProducer()
     other.go.set()
     processor, out = fenced_gate({0: slow, 1: other})
-    processor._fast = False
-    commits = TransactionCommits(out, processor)
+    processor.fast_path.gate = False
+    commits = processor.checkpoint
     processor.process([post(0, 0, "a")], partition=0)
     processor.process([post(1, 0, "b")], partition=1)
 
     async def scenario() -> list[str]:
         steps = []
-        commit = asyncio.ensure_future(commits.commit())
+        commit = asyncio.ensure_future(commits.commit_transactions())
         while not (slow.committing.is_set() and "commit" in other.log):
             await asyncio.sleep(0.001)  # the loop runs while the commits are in flight
         while 1 in out.committing:
@@ -121,25 +120,25 @@ def test_commits_do_not_hold_the_event_loop_and_keep_the_order() -> None:
 def test_records_held_during_a_rebalance_are_dropped_and_read_again() -> None:
     slow = SlowProducer()
     processor, out = fenced_gate({0: slow})
-    processor._fast = False
+    processor.fast_path.gate = False
     processor.process([post(0, 0, "a")], partition=0)
     started = out.begin_commit()
     processor.process([post(0, 1, "c")], partition=0)
-    processor.may_process = lambda: False  # Faust stopped its flow meanwhile
+    processor.checkpoint.may_process = lambda: False  # Faust stopped its flow meanwhile
     slow.go.set()
     part, done = started[0]
     out.finish_commit(part, done.result())
-    processor.release(0)
+    processor.checkpoint.release(0)
     assert slow.log == ["begin", "publish a", "commit"]
     assert processor.offsets.expected[0] == 1  # not processed: the gap repositions it
-    assert processor._waiting == {}
+    assert processor.checkpoint.waiting == {}
 
 
 def test_changelog_records_of_an_aborted_transaction_never_count() -> None:
     producer = FakeProducer()
     processor, out = fenced_gate({0: producer})
     out.track_changelog(LEDGER)
-    processor._fast = False
+    processor.fast_path.gate = False
     processor.process([post(0, 0, "a")], partition=0)
     delivered(out, 0, 5)
     out.drop([0])  # revoked: its open transaction is aborted

@@ -17,18 +17,17 @@ from typing import Any
 
 import pytest
 
-from bench.peer_streams import PROJECT, BuildError, build, missing_tools
+from bench.peer_streams import PROJECT
 from streams.core.enforcement import training_record
 from streams.core.policy import Policy
 from streams.core.records import check_objection, check_post
 from streams.serde.avro_compiled import encode_long
 from streams.serde.codec import DecodeError
 from streams.traffic.generator import TrafficGenerator
+from tests.peers_support import needs_streams_peer, streams_jar
 from tests.support import CODEC
 
-pytestmark = pytest.mark.skipif(
-    missing_tools() is not None, reason=f"Kafka Streams peer not testable: {missing_tools()}"
-)
+pytestmark = needs_streams_peer
 
 POLICY = Policy(
     version="v",
@@ -161,10 +160,7 @@ def _enforcer(kind: str, value: bytes) -> str:
 
 @pytest.fixture(scope="module")
 def jar() -> Path:
-    try:
-        return build()
-    except BuildError as exc:
-        pytest.fail(str(exc), pytrace=False)
+    return streams_jar()
 
 
 def test_the_peer_reads_inputs_as_the_enforcer_does(jar: Path) -> None:

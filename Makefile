@@ -23,10 +23,13 @@ test: setup lint $(PEER_STAMP)
 unit: setup
 	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
 
-## make bench: the benchmark (throughput, latency, memory), results in bench/results/
+## make bench: the benchmark (bench/matrix.py: the enforcer, Kafka Streams, the Quix peer and
+## the ceiling, 5 interleaved repetitions each, equal outputs checked, latency with no
+## exclusion; about 30 minutes), results in bench/results/matrix-<timestamp>.json;
+## BENCH_ARGS="--quick" for a smoke run, "--posts N --reps R --skip latency" etc.
 bench: setup $(PEER_STAMP) peer-streams
 	$(VENV)/bin/pip install -q -c constraints.txt -e ".[bench]"
-	$(PY) -m bench.run --peer-python $(PEER_VENV)/bin/python $(BENCH_ARGS)
+	$(PY) -m bench.matrix --peer-python $(PEER_VENV)/bin/python $(BENCH_ARGS)
 
 ## make failover: seconds from SIGKILL of one of two workers (1,000,000 users' consent and
 ## 1,000,000 live posts) until its partitions decide posts on the other, without and with a

@@ -2,6 +2,8 @@
 
     python -m bench.feed BOOTSTRAP TOPIC RATE SECONDS
 
+Post ids are ``lat-<rate>-<n>-<send time in microseconds>``.
+
 A process of its own, so that its work does not share an interpreter (and a GIL)
 with the reader that timestamps arrivals. It has to stay cheap: on 2 cores every
 microsecond it spends is taken from the system under test. Posts are encoded once,
@@ -66,9 +68,12 @@ def main(argv: list[str]) -> int:
         due = min(total, int((time.monotonic() - started) * rate) + 1)
         while sent < due:
             head, middle, tail = pool[sent % TEMPLATES]
-            post_id = f"lat-{rate}-{sent}"
+            at = now()
+            # the send time in microseconds in the id too: a decision (which has the id
+            # but not created_at) gives the post's latency
+            post_id = f"lat-{rate}-{sent}-{int(at * 1e6)}"
             value = b"".join(
-                (head, avro_string(post_id), middle, encode_long(int(now() * 1000)), tail)
+                (head, avro_string(post_id), middle, encode_long(int(at * 1000)), tail)
             )
             produce(topic, value, post_id.encode())
             sent += 1

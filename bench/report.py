@@ -67,6 +67,22 @@ def _records_per_post(result: dict[str, Any], system: str) -> str:
     return "-"
 
 
+def cpu_by_thread(result: dict[str, Any], system: str, top: int = 6) -> str:
+    """The system's CPU per 1,000 posts by thread (median over its runs), largest first."""
+    per: dict[str, list[float]] = {}
+    runs = [r for r in result.get("runs", []) if r["system"] == system]
+    for run in runs:
+        for where, sec in (run.get("thread_cpu_seconds_per_1000") or {}).items():
+            per.setdefault(where, []).append(sec)
+    if not per:
+        return ""
+    import statistics
+
+    med = {w: statistics.median(v + [0.0] * (len(runs) - len(v))) for w, v in per.items()}
+    best = sorted(med.items(), key=lambda kv: -kv[1])[:top]
+    return ", ".join(f"`{w}` {v * 1000:.1f}" for w, v in best)
+
+
 def targets(result: dict[str, Any]) -> list[str]:
     """The issue's targets, each met or missed and by how much."""
     out = []
@@ -170,6 +186,13 @@ def table(result: dict[str, Any], name: str) -> str:
                     f"worker CPU-second, {r['per_cpu_second_with_broker']:.2f}x per CPU-second "
                     f"with the broker's, {r['per_wall_second']:.2f}x per wall second"
                 )
+            lines.append("")
+        where = cpu_by_thread(result, "enforcer")
+        if where:
+            lines.append(
+                "Where the enforcer's CPU goes (CPU-ms per 1,000 posts by thread, median of its "
+                "runs; `python/...` is the re-keying child process): " + where + "."
+            )
             lines.append("")
         eq = result.get("equal_outputs")
         if eq:

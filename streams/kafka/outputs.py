@@ -3,7 +3,7 @@
 aiokafka's producer costs tens of microseconds a record in Python; librdkafka
 batches in C. Faust owns consuming, assignment and table recovery; the gate commits
 its input offsets itself, and flushes this producer first, so no input offset is
-committed before its outputs are on the broker (at-least-once; ``app.wire_offsets``).
+committed before its outputs are on the broker (at-least-once; ``gate/checkpoint.py``).
 
 A record the broker refuses after every retry stops the process before the next
 commit, so that the input is processed again after restart.

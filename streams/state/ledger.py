@@ -175,7 +175,7 @@ class Ledger:
 
     A removal is held, and read as done, until ``settle`` writes it to the table and
     its changelog; the gate settles only after the broker has acknowledged the
-    tombstones that caused it (``app.wire_offsets``, before each commit). A crash
+    tombstones that caused it (``Checkpoint.settle``, before each commit). A crash
     before then leaves the post in the table, so the re-processed input retracts it
     again. Written at once, the table could forget a post whose tombstone was lost: a
     leak. Holding removals costs no synchronous flush per retraction.

@@ -423,6 +423,7 @@ def one_run(
         tables = survivor.data_dir.glob(f"**/*{s.app_id}*")
         survivor_dbs = sorted(str(p.name) for p in tables)
         say(f"run {index} ({mode}): killing {victim.name} (partitions {victim_parts})")
+        load_at_kill = os.getloadavg()
         killed_at = victim.kill()
         # what a cold survivor has to read: the victim's changelog partitions, whole
         changelog_records = changelog_size(admin_consumer(s), s, victim_parts)
@@ -461,6 +462,7 @@ def one_run(
             "survivor_own_partitions_s": None if None in own else max(own),
             "survivor_log_s": log,
             "restore_s": restore,
+            "load_average_at_kill": [round(x, 1) for x in load_at_kill],
             "restore_records_per_s": (
                 round(changelog_records / restore) if restore and mode == "cold" else None
             ),
@@ -511,6 +513,20 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def commit() -> dict[str, Any]:
+    """The commit measured, and the files of the shared tree that differed from it."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30
+        ).stdout.strip()
+
+    return {
+        "head": git("rev-parse", "HEAD"),
+        "modified": [line[3:] for line in git("status", "--short", "-uno").splitlines()],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="runs of each mode (interleaved)")
@@ -522,7 +538,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--session-timeout", type=int, default=60, help="the workers' --session-timeout (s)"
     )
+    parser.add_argument(
+        "--modes", default="cold,warm", help="which runs, in this order each round: cold, warm"
+    )
     args = parser.parse_args(argv)
+    modes = [m for m in args.modes.split(",") if m]
+    if not modes or set(modes) - {"cold", "warm"}:
+        parser.error("--modes: cold, warm or both (comma-separated)")
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out_path = RESULTS / f"failover-{stamp}.json"
@@ -538,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
             admin = AdminClient({"bootstrap.servers": bootstrap})
             runs = []
             for i in range(args.runs):
-                for mode in ("cold", "warm"):
+                for mode in modes:
                     runs.append(
                         one_run(
                             s,
@@ -568,6 +590,10 @@ def main(argv: list[str] | None = None) -> int:
                             "broker": "external" if args.bootstrap else "local, one node",
                         },
                         "preload": loaded,
+                        "commit": commit(),
+                        "worker_env": {
+                            k: v for k, v in os.environ.items() if k.startswith("ENFORCER_")
+                        },
                         "versions": versions(None, kafka_version),
                         "machine": machine(),
                         "runs": runs,

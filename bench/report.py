@@ -83,6 +83,27 @@ def cpu_by_thread(result: dict[str, Any], system: str, top: int = 6) -> str:
     return ", ".join(f"`{w}` {v * 1000:.1f}" for w, v in best)
 
 
+def startup_notes(lat: dict[str, Any], head: int = 5) -> list[str]:
+    """Per system and fixed rate: the worst per-second p99 of the first ``head`` seconds
+    and of the rest, and the median per-second p99 of the rest."""
+    import statistics
+
+    out = []
+    for s in [x for x in ORDER if x in lat]:
+        for p in sorted(lat[s]["points"], key=lambda p: p["rate"]):
+            per = p.get("per_second") or []
+            first = [x["p99_ms"] for x in per if x["second"] < head]
+            rest = [x["p99_ms"] for x in per if x["second"] >= head]
+            if not first or not rest:
+                continue
+            out.append(
+                f"{NAMES.get(s, s)} at {p['rate']:,}/s: worst second's p99 {fmt(max(first))} ms "
+                f"in the first {head} s, {fmt(max(rest))} ms after (median second "
+                f"{fmt(statistics.median(rest))} ms)"
+            )
+    return out
+
+
 def targets(result: dict[str, Any]) -> list[str]:
     """The issue's targets, each met or missed and by how much."""
     out = []
@@ -246,6 +267,18 @@ def table(result: dict[str, Any], name: str) -> str:
             )
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
+    if lat:
+        notes = startup_notes(lat)
+        if notes:
+            lines.append(
+                "Where the latency goes: the p99 of each second (from the per-second "
+                "timeline in the file), the first seconds after ready against the rest "
+                "(every second counts in the table above; this only says when the slow "
+                "samples came):"
+            )
+            lines.append("")
+            lines += [f"* {n}" for n in notes]
+            lines.append("")
     tg = targets(result)
     if tg:
         lines.append("Targets of issue 20:")

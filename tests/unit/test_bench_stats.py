@@ -207,6 +207,14 @@ def test_report_table_has_every_figure_from_the_file(tmp_path: Path) -> None:
     assert "missed by 30 ms" in text  # p99 80 ms against 50 ms at 10,000/s
     assert "3 never decided" in text and "never" in text
     assert "at least 3 times the Quix peer per CPU-second: **3.50x**, met" in text
+    per = [{"second": i, "p99_ms": 500.0 if i < 2 else 20.0 + i} for i in range(10)]
+    result["latency"]["enforcer"]["points"][0]["per_second"] = per
+    notes = report.startup_notes(result["latency"])
+    assert notes == [
+        "enforcer (fencing on, as shipped) at 2,000/s: worst second's p99 500 ms in the "
+        "first 5 s, 29 ms after (median second 27 ms)"
+    ]
+    assert notes[0] in report.table(result, "matrix-x.json")
     readme = tmp_path / "README.md"
     readme.write_text(f"a\n{report.BEGIN}\nold\n{report.END}\nb\n")
     assert report.write_between(readme, text)

@@ -519,7 +519,7 @@ def commit() -> dict[str, Any]:
     def git(*args: str) -> str:
         return subprocess.run(
             ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30
-        ).stdout.strip()
+        ).stdout.rstrip("\n")
 
     return {
         "head": git("rev-parse", "HEAD"),

@@ -1,9 +1,11 @@
-"""The README's failover figures, from a results file of ``bench.failover``.
+"""The README's failover figures, from results files of ``bench.failover``.
 
-    python -m bench.failover_figures [bench/results/failover-<timestamp>.json] [--write]
+    python -m bench.failover_figures [bench/results/failover-<timestamp>.json ...] [--write]
 
-Prints the table (the newest results file by default); ``--write`` puts it into
-README.md between ``<!-- failover:begin -->`` and ``<!-- failover:end -->``.
+Prints a table per file (the newest results file by default), saying which restore
+path the workers used (``ENFORCER_DIRECT_RESTORE`` in the file's ``worker_env``);
+``--write`` puts them into README.md between ``<!-- failover:begin -->`` and
+``<!-- failover:end -->``.
 """
 
 from __future__ import annotations
@@ -23,24 +25,42 @@ def _range(stats: dict | None, digits: int = 1, scale: float = 1.0) -> str:
     return f"{med:,.{digits}f} ({lo:,.{digits}f}-{hi:,.{digits}f})"
 
 
+def restore_path(result: dict) -> str:
+    """Which restore the workers of a results file used."""
+    if "worker_env" not in result:  # files from before the direct restore
+        return "Faust's recovery loop"
+    if result["worker_env"].get("ENFORCER_DIRECT_RESTORE") == "1":
+        return "direct restore (`ENFORCER_DIRECT_RESTORE=1`)"
+    return "Faust's recovery loop (`ENFORCER_DIRECT_RESTORE=0`)"
+
+
 def table(result: dict) -> str:
     cfg = result["config"]
     summary = result["summary"]
     runs = result["runs"]
+    loads = [x for r in runs for x in r.get("load_average_at_kill", [])[:1]]
+    span = f"{min(loads):.0f}" if loads and min(loads) == max(loads) else ""
+    span = span or (f"{min(loads):.0f}-{max(loads):.0f}" if loads else "")
+    load = f", load average at the kill {span}" if loads else ""
+    commit = result.get("commit", {}).get("head", "")
+    at = f", commit {commit[:7]}" if commit else ""
+    counts = {m: sum(1 for r in runs if r["mode"] == m) for m in ("cold", "warm")}
+    counted = " and ".join(f"{n} {m}" for m, n in counts.items() if n) + " runs"
     lines = [
-        f"`{Path(result['file']).name}`: {cfg['users']:,} users' consent state and "
+        f"`{Path(result['file']).name}` ({restore_path(result)}{at}{load}): "
+        f"{cfg['users']:,} users' consent state and "
         f"{cfg['live_posts']:,} live posts, {cfg['partitions']} partitions, "
         f"{cfg['workers']} workers, {cfg['rate_posts_per_s']} posts/s, "
         f"{result['machine']['cores']} cores, {result['versions']['kafka']} "
-        f"({cfg['broker']}); median (min-max) of "
-        f"{sum(1 for r in runs if r['mode'] == 'cold')} cold and "
-        f"{sum(1 for r in runs if r['mode'] == 'warm')} warm runs, seconds after the kill:",
+        f"({cfg['broker']}); median (min-max) of {counted}, seconds after the kill:",
         "",
         "| | partitions decide again | broker timed the member out, rebalance begins "
         "| tables restored in | restore rate (records/s) |",
         "|---|---|---|---|---|",
     ]
     for mode, label in (("cold", "cold (`--standby-replicas 0`)"), ("warm", "warm (`1`)")):
+        if not any(r["mode"] == mode for r in runs):
+            continue
         s = summary.get(mode, {})
         restore = _range(s.get("restore_s")) if s.get("restore_s") else "nothing to restore"
         failover, timed_out = _range(s.get("failover_s")), _range(s.get("rebalance_started_s"))
@@ -51,15 +71,15 @@ def table(result: dict) -> str:
 
 def main(argv: list[str]) -> int:
     write = "--write" in argv
-    paths = [a for a in argv if a != "--write"]
-    path = (
-        Path(paths[0])
-        if paths
-        else max((ROOT / "bench" / "results").glob("failover-*.json"), key=lambda p: p.name)
-    )
-    result = json.loads(path.read_text())
-    result["file"] = str(path)
-    text = table(result)
+    paths = [Path(a) for a in argv if a != "--write"] or [
+        max((ROOT / "bench" / "results").glob("failover-*.json"), key=lambda p: p.name)
+    ]
+    tables = []
+    for path in paths:
+        result = json.loads(path.read_text())
+        result["file"] = str(path)
+        tables.append(table(result))
+    text = "\n".join(tables)
     if write:
         readme = ROOT / "README.md"
         content = readme.read_text()

@@ -45,7 +45,8 @@ def table(result: dict) -> str:
     commit = result.get("commit", {}).get("head", "")
     at = f", commit {commit[:7]}" if commit else ""
     counts = {m: sum(1 for r in runs if r["mode"] == m) for m in ("cold", "warm")}
-    counted = " and ".join(f"{n} {m}" for m, n in counts.items() if n) + " runs"
+    counted = " and ".join(f"{n} {m}" for m, n in counts.items() if n)
+    counted += " runs" if sum(counts.values()) > 1 else " run"
     lines = [
         f"`{Path(result['file']).name}` ({restore_path(result)}{at}{load}): "
         f"{cfg['users']:,} users' consent state and "

@@ -77,6 +77,24 @@ def worktree(commit: str, where: Path) -> Path:
     return where
 
 
+def summarise(runs: list[dict[str, Any]], codes: list[str]) -> dict[str, Any]:
+    """Per commit and kind of run (the broker's warm-up not counted): median and min-max
+    of each figure over the repetitions, and how many runs failed."""
+    table: dict[str, Any] = {}
+    for code in codes:
+        mine = [r for r in runs if r["code"] == code and "figures" in r and r["rep"] >= 0]
+        entry: dict[str, Any] = {}
+        for key in sorted({r["what"] for r in mine}):
+            got = [r["figures"] for r in mine if r["what"] == key]
+            kind = "latency" if key.startswith("latency") else "throughput"
+            entry[key] = {
+                k: spread([g[k] for g in got]) for k in FIGURES[kind] if all(k in g for g in got)
+            }
+        entry["failed_runs"] = sum(1 for r in runs if r["code"] == code and "error" in r)
+        table[code] = entry
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     """Measure both commits, interleaved, and write the results file."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -85,13 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--posts", type=int, default=200_000)
     parser.add_argument("--users", type=int, default=100_000)
-    parser.add_argument("--rates", default="2000")
+    parser.add_argument("--rates", default="2000", help='comma list of posts/s, or "" (none)')
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--warmup-seconds", type=float, default=5.0)
     parser.add_argument("--broker-warmup-seconds", type=float, default=40.0)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args(argv)
-    rates = [int(r) for r in args.rates.split(",")]
+    rates = [int(r) for r in args.rates.split(",") if r]
     commits = {
         name: subprocess.run(
             ["git", "rev-parse", ref], cwd=ROOT, capture_output=True, text=True, check=True
@@ -137,25 +155,6 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [],
     }
 
-    def summary() -> dict[str, Any]:
-        table: dict[str, Any] = {}
-        for code in commits:
-            mine = [r for r in result["runs"] if r["code"] == code and "figures" in r]
-            entry: dict[str, Any] = {}
-            for key in sorted({r["what"] for r in mine}):
-                got = [r["figures"] for r in mine if r["what"] == key]
-                kind = "latency" if key.startswith("latency") else "throughput"
-                entry[key] = {
-                    k: spread([g[k] for g in got])
-                    for k in FIGURES[kind]
-                    if all(k in g for g in got)
-                }
-            entry["failed_runs"] = sum(
-                1 for r in result["runs"] if r["code"] == code and "error" in r
-            )
-            table[code] = entry
-        return table
-
     def measured(what: str, code: str, rep: int, measure: Any) -> None:
         entry: dict[str, Any] = {"what": what, "code": code, "commit": commits[code], "rep": rep}
         entry["at"] = datetime.now(UTC).isoformat(timespec="seconds")
@@ -171,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         entry["wall_seconds"] = time.monotonic() - t0
         entry["load_after"] = os.getloadavg()
         result["runs"].append(entry)
-        result["summary"] = summary()
+        result["summary"] = summarise(result["runs"], list(commits))
         path.write_text(json.dumps(result, indent=2))
 
     started = time.monotonic()
@@ -194,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                 lambda: latency_run(
                     bootstrap,
                     workdir,
-                    rates[0],
+                    rates[0] if rates else 2000,
                     args.broker_warmup_seconds,
                     1.0,
                     broker_pid,

@@ -33,7 +33,8 @@ bench: setup $(PEER_STAMP) peer-streams
 
 ## make failover: seconds from SIGKILL of one of two workers (1,000,000 users' consent and
 ## 1,000,000 live posts) until its partitions decide posts on the other, without and with a
-## standby replica (about 25 minutes); bench/results/failover-<timestamp>.json
+## standby replica (20-40 minutes with Faust's restore, most of it starting two workers
+## over the state; FAILOVER_ARGS="--modes cold" for one); bench/results/failover-<timestamp>.json
 failover: setup
 	$(PY) -m bench.failover $(FAILOVER_ARGS)
 

@@ -107,9 +107,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--warmup-seconds", type=float, default=5.0)
     parser.add_argument("--broker-warmup-seconds", type=float, default=40.0)
+    parser.add_argument(
+        "--throughput",
+        default="default,fencing-off",
+        help="comma list of throughput variants: default (fencing on), fencing-off",
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args(argv)
     rates = [int(r) for r in args.rates.split(",") if r]
+    variants = {
+        "default": ("throughput", {}),
+        "fencing-off": ("throughput_fencing_off", {"ENFORCER_FENCING": "off"}),
+    }
+    throughput = [variants[v] for v in args.throughput.split(",") if v]
     commits = {
         name: subprocess.run(
             ["git", "rev-parse", ref], cwd=ROOT, capture_output=True, text=True, check=True
@@ -149,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             "latency_seconds": args.latency_seconds,
             "warmup_seconds": args.warmup_seconds,
             "order": "AB, BA, AB, ... (before first in even repetitions)",
-            "throughput variants": {"default": "fencing on, 0.1 s", "fencing-off": "off"},
+            "throughput variants": [v for v, _ in throughput],
         },
         "machine": machine(),
         "runs": [],
@@ -219,10 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                                 {"AB_CODE": code},
                             ),
                         )
-                for variant, env in (
-                    ("throughput", {}),
-                    ("throughput_fencing_off", {"ENFORCER_FENCING": "off"}),
-                ):
+                for variant, env in throughput:
                     for code in ordered:
                         say(f"rep {rep + 1}/{args.reps}: {code} {variant}")
                         measured(

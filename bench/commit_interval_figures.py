@@ -11,23 +11,17 @@ first file's table between ``<!-- commit-interval:begin -->`` and
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from bench.figures import median_range, results
+from bench.report import write_between
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- commit-interval:begin -->", "<!-- commit-interval:end -->"
 BEGIN_ALL, END_ALL = "<!-- commit-interval-all:begin -->", "<!-- commit-interval-all:end -->"
 TARGETS = (ROOT / "README.md", ROOT / "docs" / "operations.md")
-
-
-def _cell(stats: dict[str, float] | None, digits: int = 0, scale: float = 1.0) -> str:
-    """``median (min-max)``."""
-    if not stats:
-        return "-"
-    med, lo, hi = (stats[k] * scale for k in ("median", "min", "max"))
-    return f"{med:,.{digits}f} ({lo:,.{digits}f}-{hi:,.{digits}f})"
 
 
 def label(env: dict[str, str]) -> str:
@@ -81,14 +75,15 @@ def table(result: dict[str, Any]) -> str:
             lat = entry.get(f"latency_{rate}")
             row.append(
                 " / ".join(
-                    _cell(lat.get(k) if lat else None) for k in ("p50_ms", "p99_ms", "p999_ms")
+                    median_range(lat.get(k) if lat else None)
+                    for k in ("p50_ms", "p99_ms", "p999_ms")
                 )
             )
         tp = entry.get("throughput", {})
         row += [
-            _cell(tp.get("per_second")),
-            _cell(tp.get("cpu_seconds_per_1000"), 3),
-            _cell(tp.get("broker_cpu_seconds_per_1000"), 3),
+            median_range(tp.get("per_second")),
+            median_range(tp.get("cpu_seconds_per_1000"), 3),
+            median_range(tp.get("broker_cpu_seconds_per_1000"), 3),
         ]
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", *findings(result)]
@@ -134,28 +129,12 @@ def write(
 ) -> list[Path]:
     """Put ``text`` between the ``markers`` of each target that has them."""
     begin, end = markers
-    done = []
-    for target in targets:
-        content = target.read_text()
-        if begin not in content or end not in content:
-            continue
-        head, rest = content.split(begin, 1)
-        _, tail = rest.split(end, 1)
-        target.write_text(f"{head}{begin}\n{text}{end}{tail}")
-        done.append(target)
-    return done
+    return [target for target in targets if write_between(target, text, begin, end)]
 
 
 def main(argv: list[str]) -> int:
     """Print the table of a results file; ``--write`` also updates the documents."""
-    paths = [Path(a) for a in argv if a != "--write"] or [
-        max((ROOT / "bench" / "results").glob("commit-interval-*.json"), key=lambda p: p.name)
-    ]
-    texts = []
-    for path in paths:
-        result = json.loads(path.read_text())
-        result["file"] = str(path)
-        texts.append(table(result))
+    texts = [table(result) for result in results(argv, "commit-interval-*.json")]
     if "--write" in argv:
         written = write(texts[0]) + write("\n".join(texts), markers=(BEGIN_ALL, END_ALL))
         if not written:

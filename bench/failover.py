@@ -41,7 +41,7 @@ import psutil
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from bench.run import broker, free_port, machine, say, settings_for, topic_flags, versions
+from bench.run import broker, free_port, machine, say, settings_for, versions, worker_command
 from streams.core.consent import ALL, ConsentState, Mark, encode_state
 from streams.core.records import partition_for_user
 from streams.kafka.connection import librdkafka_config
@@ -123,27 +123,19 @@ class Worker:
         log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the process
         self.started = time.time()
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "streams",
-                "worker",
-                "--bootstrap-servers",
-                s.bootstrap_servers,
-                *topic_flags(s),
-                "--partitions",
-                str(PARTITIONS),
-                "--data-dir",
-                str(self.data_dir),
-                "--web-port",
-                str(self.port),
-                "--standby-replicas",
-                str(standby),
-                "--session-timeout",
-                str(session_timeout),
-                "--log-level",
-                "info",
-            ],
+            worker_command(
+                s,
+                self.data_dir,
+                self.port,
+                partitions=PARTITIONS,
+                extra=(
+                    "--standby-replicas",
+                    str(standby),
+                    "--session-timeout",
+                    str(session_timeout),
+                ),
+                log_level="info",
+            ),
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,

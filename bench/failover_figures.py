@@ -10,19 +10,14 @@ path the workers used (``ENFORCER_DIRECT_RESTORE`` in the file's ``worker_env``)
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
+from bench.figures import median_range, results
+from bench.report import write_between
+
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- failover:begin -->", "<!-- failover:end -->"
-
-
-def _range(stats: dict | None, digits: int = 1, scale: float = 1.0) -> str:
-    if not stats:
-        return "-"
-    med, lo, hi = (stats[k] * scale for k in ("median", "min", "max"))
-    return f"{med:,.{digits}f} ({lo:,.{digits}f}-{hi:,.{digits}f})"
 
 
 def restore_path(result: dict) -> str:
@@ -63,30 +58,22 @@ def table(result: dict) -> str:
         if not any(r["mode"] == mode for r in runs):
             continue
         s = summary.get(mode, {})
-        restore = _range(s.get("restore_s")) if s.get("restore_s") else "nothing to restore"
-        failover, timed_out = _range(s.get("failover_s")), _range(s.get("rebalance_started_s"))
-        rate = _range(s.get("restore_records_per_s"), 0)
+        restore = (
+            median_range(s.get("restore_s"), 1) if s.get("restore_s") else "nothing to restore"
+        )
+        failover = median_range(s.get("failover_s"), 1)
+        timed_out = median_range(s.get("rebalance_started_s"), 1)
+        rate = median_range(s.get("restore_records_per_s"), 0)
         lines.append(f"| {label} | **{failover}** | {timed_out} | {restore} | {rate} |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str]) -> int:
-    write = "--write" in argv
-    paths = [Path(a) for a in argv if a != "--write"] or [
-        max((ROOT / "bench" / "results").glob("failover-*.json"), key=lambda p: p.name)
-    ]
-    tables = []
-    for path in paths:
-        result = json.loads(path.read_text())
-        result["file"] = str(path)
-        tables.append(table(result))
-    text = "\n".join(tables)
-    if write:
-        readme = ROOT / "README.md"
-        content = readme.read_text()
-        head, rest = content.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        readme.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
+    text = "\n".join(table(result) for result in results(argv, "failover-*.json"))
+    readme = ROOT / "README.md"
+    if "--write" in argv and not write_between(readme, text, BEGIN, END):
+        print(f"no {BEGIN} / {END} in {readme}", file=sys.stderr)
+        return 1
     print(text, end="")
     return 0
 

@@ -62,12 +62,16 @@ from bench.run import (
     broker,
     free_port,
     machine,
+    poll_batch,
     produce_data,
     say,
+    settings_for,
     stop,
     thread_cpu,
     topic_flags,
     versions,
+    wait_ready,
+    worker_command,
 )
 from streams.kafka.topics import ensure_topics, topic_specs
 from streams.serde.codec import Codec
@@ -144,22 +148,6 @@ def create_topics(bootstrap: str, topics: dict[str, dict[str, str]]) -> None:
     raise RuntimeError(f"topics not created: {list(topics)}")
 
 
-def settings_for(bootstrap: str, prefix: str, posts: str, objections: str) -> Settings:
-    """Settings with every output topic (receipts too) of the system's own."""
-    return Settings(
-        bootstrap_servers=bootstrap,
-        app_id=f"{prefix}-app",
-        partitions=PARTITIONS,
-        posts_topic=posts,
-        objections_topic=objections,
-        training_topic=f"{prefix}-training",
-        retractions_topic=f"{prefix}-retractions",
-        decisions_topic=f"{prefix}-decisions",
-        dlq_topic=f"{prefix}-dlq",
-        receipts_topic=f"{prefix}-receipts",
-    )
-
-
 def output_specs(s: Settings) -> dict[str, dict[str, str]]:
     """The output topics as the enforcer creates them (configs included: the audit topics
     are stamped with the broker's append time)."""
@@ -207,25 +195,7 @@ def start_system(
     log = open(workdir / f"{prefix}.log", "ab")  # noqa: SIM115 - lives as long as the process
     env = None
     if system.startswith("enforcer"):
-        cmd = [
-            sys.executable,
-            "-m",
-            "streams",
-            "worker",
-            "--bootstrap-servers",
-            s.bootstrap_servers,
-            *topic_flags(s),
-            "--receipts-topic",
-            s.receipts_topic,
-            "--partitions",
-            str(PARTITIONS),
-            "--data-dir",
-            str(state),
-            "--web-port",
-            str(port),
-            "--log-level",
-            "warn",
-        ]
+        cmd = worker_command(s, state, port, receipts=True, partitions=PARTITIONS)
         if system == "enforcer-alos":
             env = {**os.environ, "ENFORCER_FENCING": "off"}
     elif system.startswith("streams"):
@@ -290,24 +260,6 @@ def start_system(
         raise ValueError(f"unknown system {system!r}")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     return proc, port
-
-
-def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 240) -> None:
-    """Poll ``GET /ready`` until 200."""
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"system exited with {proc.returncode} before it was ready")
-        with (
-            contextlib.suppress(OSError),
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as r,
-        ):
-            if r.status == 200:
-                return
-        time.sleep(0.1)
-    raise RuntimeError("system not ready")
 
 
 def proc_stat_cpu(pid: int) -> float:
@@ -452,7 +404,7 @@ def throughput_run(
 ) -> tuple[dict[str, Any], stats.Outputs]:
     """One run of ``system`` over the data set: its figures, and its outputs."""
     prefix = f"t{ctx.run}-{system}-{rep}" + (f"-a{attempt}" if attempt > 1 else "")
-    s = settings_for(ctx.bootstrap, prefix, ctx.posts_topic, ctx.objections_topic)
+    s = settings_for(ctx.bootstrap, prefix, ctx.posts_topic, ctx.objections_topic, receipts=True)
     if system.startswith("enforcer"):
         ensure_topics(s, create_inputs=False)
     elif system == "ceiling":
@@ -647,7 +599,9 @@ def latency_point(ctx: Context, system: str, rate: int, seconds: float) -> dict[
     """One latency run of ``system`` at ``rate`` posts/s for ``seconds``, on fresh topics,
     counted from the moment it is ready."""
     prefix = f"l{ctx.run}-{system}-{rate}-{uuid.uuid4().hex[:4]}"
-    s = settings_for(ctx.bootstrap, prefix, f"{prefix}-posts", f"{prefix}-objections")
+    s = settings_for(
+        ctx.bootstrap, prefix, f"{prefix}-posts", f"{prefix}-objections", receipts=True
+    )
     create_topics(ctx.bootstrap, {s.posts_topic: {}, s.objections_topic: {}})
     if system.startswith("enforcer"):
         ensure_topics(s, create_inputs=False)
@@ -664,7 +618,7 @@ def latency_point(ctx: Context, system: str, rate: int, seconds: float) -> dict[
     try:
         assert port is not None
         started = time.monotonic()
-        wait_ready(port, proc)
+        wait_ready(port, proc, 240, every=0.1, what="system", exited=" before it was ready")
         ready_seconds = time.monotonic() - started
         consumer, _ = reader(ctx.bootstrap, [s.decisions_topic], eof=False)
         cpu0 = (tree_cpu(root), proc_stat_cpu(ctx.broker_pid) if ctx.broker_pid else math.nan)
@@ -685,8 +639,7 @@ def latency_point(ctx: Context, system: str, rate: int, seconds: float) -> dict[
         drain_until = None
         try:
             while len(seen) < sent:
-                msg = consumer.poll(0.05)
-                msgs = [msg, *consumer.consume(1000, timeout=0)] if msg is not None else []
+                msgs = poll_batch(consumer)
                 now_ms = time.time() * 1000
                 for m in msgs:
                     if m.error() or m.key() is None:
@@ -849,7 +802,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run = uuid.uuid4().hex[:6]
         posts_topic, objections_topic = f"m{run}-posts", f"m{run}-objections"
         create_topics(bootstrap, {posts_topic: {}, objections_topic: {}})
-        base = settings_for(bootstrap, f"m{run}-data", posts_topic, objections_topic)
+        base = settings_for(bootstrap, f"m{run}-data", posts_topic, objections_topic, receipts=True)
         say(f"producing {cfg.posts:,} posts for {cfg.users:,} users on {bootstrap}")
         data = produce_data(bootstrap, base, cfg)  # type: ignore[arg-type]
         result["data"] = data

@@ -22,12 +22,12 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
 from streams.kafka.topics import ensure_topics
 from streams.serde.codec import Codec
@@ -101,8 +101,12 @@ def broker(explicit: str | None, workdir: Path) -> Iterator[tuple[str, str, int 
         subprocess.run([str(LOCAL_KAFKA), "stop", *args], capture_output=True, timeout=120)
 
 
-def settings_for(bootstrap: str, prefix: str, posts: str, objections: str) -> Settings:
-    """Enforcer settings on the shared input topics, with outputs of its own."""
+def settings_for(
+    bootstrap: str, prefix: str, posts: str, objections: str, *, receipts: bool = False
+) -> Settings:
+    """Enforcer settings on the shared input topics, with outputs of its own (with
+    ``receipts``, the receipts topic too)."""
+    own = {"receipts_topic": f"{prefix}-receipts"} if receipts else {}
     return Settings(
         bootstrap_servers=bootstrap,
         app_id=f"{prefix}-app",
@@ -113,6 +117,7 @@ def settings_for(bootstrap: str, prefix: str, posts: str, objections: str) -> Se
         retractions_topic=f"{prefix}-retractions",
         decisions_topic=f"{prefix}-decisions",
         dlq_topic=f"{prefix}-dlq",
+        **own,
     )
 
 
@@ -189,22 +194,31 @@ class Sampler(threading.Thread):
                 self.peak_rss = max(self.peak_rss, self.rss())
 
 
-def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    """Poll the worker's /ready."""
+def wait_ready(
+    port: int,
+    proc: subprocess.Popen,
+    timeout: float = 120,
+    *,
+    every: float = 0.2,
+    what: str = "worker",
+    exited: str = "",
+) -> None:
+    """Poll ``GET /ready`` every ``every`` s until 200; an error naming ``what`` if
+    ``proc`` exits first (``exited`` appended to that message) or after ``timeout`` s."""
     import urllib.request
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"worker exited with {proc.returncode}")
+            raise RuntimeError(f"{what} exited with {proc.returncode}{exited}")
         with (
             contextlib.suppress(OSError),
             urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as r,
         ):
             if r.status == 200:
                 return
-        time.sleep(0.2)
-    raise RuntimeError("worker not ready")
+        time.sleep(every)
+    raise RuntimeError(f"{what} not ready")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -218,6 +232,39 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+def worker_command(
+    s: Settings,
+    data_dir: Path,
+    port: int,
+    *,
+    receipts: bool = False,
+    partitions: int = PARTITIONS,
+    extra: Sequence[str] = (),
+    log_level: str = "warn",
+) -> list[str]:
+    """The command line of an ``enforcer worker`` on ``s``'s topics (with ``receipts``,
+    its receipts topic too); ``extra`` flags go before ``--log-level``."""
+    return [
+        sys.executable,
+        "-m",
+        "streams",
+        "worker",
+        "--bootstrap-servers",
+        s.bootstrap_servers,
+        *topic_flags(s),
+        *(["--receipts-topic", s.receipts_topic] if receipts else []),
+        "--partitions",
+        str(partitions),
+        "--data-dir",
+        str(data_dir),
+        "--web-port",
+        str(port),
+        *extra,
+        "--log-level",
+        log_level,
+    ]
+
+
 def start_enforcer(
     s: Settings, workdir: Path, name: str, env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen, int]:
@@ -225,23 +272,7 @@ def start_enforcer(
     port = free_port()
     log = open(workdir / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streams",
-            "worker",
-            "--bootstrap-servers",
-            s.bootstrap_servers,
-            *topic_flags(s),
-            "--partitions",
-            str(PARTITIONS),
-            "--data-dir",
-            str(workdir / f"{name}-state"),
-            "--web-port",
-            str(port),
-            "--log-level",
-            "warn",
-        ],
+        worker_command(s, workdir / f"{name}-state", port),
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=ROOT,
@@ -369,6 +400,14 @@ def _quantile(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(p * len(values)))] if values else 0.0
 
 
+def poll_batch(consumer: Consumer, timeout: float = 0.05) -> list[Message]:
+    """What ``consumer`` has now: poll for the first record, then drain. consume(n,
+    timeout) would wait for n records or the timeout, adding up to the timeout to every
+    measured latency."""
+    first = consumer.poll(timeout)
+    return [first, *consumer.consume(1000, timeout=0)] if first is not None else []
+
+
 def latency_run(
     bootstrap: str,
     workdir: Path,
@@ -428,10 +467,7 @@ def latency_run(
         window_started = 0.0
         quiet_until = None
         while True:
-            # poll for the first record, then drain: consume(n, timeout) would wait for n
-            # records or the timeout, adding up to the timeout to every measured latency
-            first = consumer.poll(0.05)
-            msgs = [first, *consumer.consume(1000, timeout=0)] if first is not None else []
+            msgs = poll_batch(consumer)
             now_ms = time.time() * 1000
             for m in msgs:
                 if m.error() or m.value() is None:

@@ -569,15 +569,19 @@ def from_args(args: argparse.Namespace) -> Settings:
     linger = linger if linger is not None else _env_int("ENFORCER_LINGER_MS")
     min_bytes = getattr(args, "fetch_min_bytes", None)
     min_bytes = min_bytes if min_bytes is not None else _env_int("ENFORCER_FETCH_MIN_BYTES")
-    registry_timeout = getattr(args, "registry_timeout", None)
-    if registry_timeout is None:
-        raw = env.get("ENFORCER_REGISTRY_TIMEOUT", "")
+
+    def seconds(attr: str, env_name: str) -> float:
+        """The flag ``attr``, else ``env_name`` as seconds, else the default."""
+        value = getattr(args, attr, None)
+        if value is not None:
+            return float(value)
+        raw = env.get(env_name, "")
         try:
-            registry_timeout = float(raw) if raw else Settings.registry_timeout
+            return float(raw) if raw else float(getattr(Settings, attr))
         except ValueError:
-            raise SettingsError(
-                f"ENFORCER_REGISTRY_TIMEOUT must be a number of seconds, got {raw!r}"
-            ) from None
+            raise SettingsError(f"{env_name} must be a number of seconds, got {raw!r}") from None
+
+    registry_timeout = seconds("registry_timeout", "ENFORCER_REGISTRY_TIMEOUT")
 
     def number(attr: str, env_name: str) -> int:
         value = getattr(args, attr, None)
@@ -594,15 +598,7 @@ def from_args(args: argparse.Namespace) -> Settings:
     if fencing not in ("", "on", "off"):
         raise SettingsError(f"ENFORCER_FENCING must be on or off, got {fencing!r}")
     fencing = Settings.fencing if fencing == "" else fencing == "on"
-    txn_interval = getattr(args, "txn_commit_interval", None)
-    if txn_interval is None:
-        raw = env.get("ENFORCER_TXN_COMMIT_INTERVAL", "")
-        try:
-            txn_interval = float(raw) if raw else Settings.txn_commit_interval
-        except ValueError:
-            raise SettingsError(
-                f"ENFORCER_TXN_COMMIT_INTERVAL must be a number of seconds, got {raw!r}"
-            ) from None
+    txn_interval = seconds("txn_commit_interval", "ENFORCER_TXN_COMMIT_INTERVAL")
     app_id = str(pick(args.app_id, "ENFORCER_APP_ID", DEFAULT_APP_ID))
     data_dir = pick(args.data_dir, "ENFORCER_DATA_DIR", None)
     policy = pick(args.policy, "ENFORCER_POLICY", None)

@@ -142,6 +142,16 @@ class Processor:
         try:
             fast = self.fast_path.gate_for(partition)
             if fast:  # the common posts in C, every other record through process_one
+                # the C path writes the ledger without TableState.put: mark it first
+                # (only partitions the gate holds: a standby's is Faust's)
+                touch, held = self.ledger.state.touch, self.offsets.expected
+                if partition is None:
+                    messages = list(messages)
+                    for p in {message.partition for message in messages}:
+                        if p in held:
+                            touch(p)
+                elif partition in held:
+                    touch(partition)
                 self.fast_path.run(fast, messages, timestamp_scale)
             else:
                 for message in messages:

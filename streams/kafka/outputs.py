@@ -112,10 +112,10 @@ class OutputProducer:
         self.settings = settings
         self.transactional = settings.fencing
         self.partitions: dict[int, Partition] = {}
-        # called with the partitions whose transactions were open before the worker
-        # stops for a failed transactional call (runtime/app.py: their tables are restored in
-        # full next time, since their RocksDB may hold writes that were aborted)
-        self.on_fatal: Callable[[list[int]], None] | None = None
+        # each called with the partitions whose open transactions are about to be
+        # aborted (revoked): their tables' local writes go too (TableState). A worker
+        # that stops leaves its tables marked instead (state/ledger.py, DIRTY_KEY).
+        self.on_abort: list[Callable[[list[int]], None]] = []
         self._pool: ThreadPoolExecutor | None = None
         self._plain: Producer | None = None  # mark_ends
         if self.transactional:
@@ -363,6 +363,10 @@ class OutputProducer:
             self.producer, self.raw_produce = None, _not_routed
         for part in parts:  # records of aborted transactions never count
             self._uncommitted.pop(part.partition, None)
+        aborted = [part.partition for part in parts if part.open]
+        if aborted:
+            for discard in self.on_abort:
+                discard(aborted)
 
         def close(part: Partition) -> None:
             try:
@@ -388,12 +392,7 @@ class OutputProducer:
         return self._pool
 
     def _fatal(self, line: str) -> None:
-        open_ = sorted(p for p, part in self.partitions.items() if part.open)
+        # the tables of open transactions keep their DIRTY_KEY: emptied when next opened
         log.critical("%s; exiting, nothing more is committed", line)
-        if self.on_fatal is not None:
-            try:
-                self.on_fatal(open_)
-            except Exception:  # exiting anyway
-                log.exception("could not mark the tables of partitions %s", open_)
         logging.shutdown()
         os._exit(70)

@@ -389,21 +389,6 @@ def build(
     outputs = OutputProducer(settings)
     consent_state = TableState(consent, settings.changelog_topic("consent"), outputs)
     ledger_state = TableState(ledger, settings.changelog_topic("ledger"), outputs)
-
-    def full_recovery(partitions: list[int]) -> None:
-        # the worker stops for a failed transactional call: these partitions' RocksDB
-        # may hold writes whose changelog records are aborted; restore them in full
-        # from the changelog next time (Faust reads from the start at offset -1)
-        for state in (consent_state, ledger_state):
-            store = state.table.data
-            for partition in partitions:
-                db = faust_compat.open_partitions(state.table).get(partition)
-                if db is not None:
-                    store.set_persisted_offset(TP(state.changelog_topic, partition), -1)
-                    db.flush()  # no write-ahead log: only a flush keeps it
-
-    outputs.on_fatal = full_recovery
-
     processor = Processor(
         app, settings, policy, codec, consent_state, ledger_state, outputs, metrics
     )

@@ -12,6 +12,7 @@ contiguous key range, read by prefix without scanning anyone else's.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Iterator
 from typing import Any
 
@@ -21,6 +22,39 @@ from faust.types import TP
 
 from streams import faust_compat
 from streams.kafka.outputs import OutputProducer
+
+log = logging.getLogger("streams.enforcer")
+
+# Present in a table partition's RocksDB while it may hold writes whose changelog records
+# are not committed (an open transaction with fencing, or not yet flushed without). A key
+# no table has: user ids are UTF-8 (never the byte 0xFF), a ledger key starts with a
+# length of at most MAX_ID_BYTES. Written before the first such write and deleted with
+# the persisted offset once they are committed, in the same database without a
+# write-ahead log, whose state after a crash is a prefix of its writes: a database that
+# holds any uncommitted write holds this key too, and is emptied when it is opened.
+DIRTY_KEY = b"\xff\xffenforcer.uncommitted-writes"
+
+
+def wipe(db: Any) -> None:
+    """Delete every key of a table partition (its persisted offset too: Faust restores
+    it from the changelog's start)."""
+    db.delete_range(b"", b"\xff")
+    for key in [key for key, _ in db.items(from_key=b"\xff")]:
+        db.delete(key)
+
+
+def wipe_if_dirty(db: Any, name: Any) -> bool:
+    """Empty a table partition just opened if it may hold uncommitted writes (the worker
+    stopped without committing them: SIGKILL, a fatal error); True if it did."""
+    if db.get(DIRTY_KEY) is None:
+        return False
+    wipe(db)
+    log.warning(
+        "%s may hold writes that were never committed (the last stop was not clean): "
+        "emptied, it is restored from its changelog",
+        name,
+    )
+    return True
 
 
 def user_prefix(user_id: str) -> bytes:
@@ -54,6 +88,7 @@ class ChangelogBackedOptions(RocksDBOptions):
             # a property at run time (rocksdict's stub declares a method)
             options.disable_wal = True  # type: ignore[method-assign,assignment]
             db.set_write_options(options)
+            wipe_if_dirty(db, path)  # before Faust reads its persisted offset
         return db
 
 
@@ -72,16 +107,31 @@ class StateNotReady(Exception):
 
 
 class TableState:
-    """One Faust table's RocksDB partitions, written together with their changelog."""
+    """One Faust table's RocksDB partitions, written together with their changelog.
+
+    A partition's RocksDB holds only what its committed changelog holds, or it carries
+    ``DIRTY_KEY``: written (``touch``) before the first write after a commit, deleted
+    once those writes are committed (``persist_offsets``). A transaction aborted on
+    revocation empties the partitions it wrote (``discard_uncommitted``); a database
+    still marked when it is opened (after a crash or a fatal error) is emptied there
+    (``ChangelogBackedOptions``). Either way Faust restores it from its changelog, so a
+    worker never reads a write the changelog does not have: an objection applied in an
+    aborted transaction must not make its input, processed again, look repeated."""
 
     def __init__(self, table: Any, changelog_topic: str, outputs: OutputProducer) -> None:
         self.table = table
         self.changelog_topic = changelog_topic
         self.outputs = outputs
         outputs.track_changelog(changelog_topic)
+        on_abort = getattr(outputs, "on_abort", None)  # None: a test's stand-in
+        if on_abort is not None:
+            on_abort.append(self.discard_uncommitted)
         # Faust's open partitions (a dict it fills and empties, never replaces): looked
         # up here first, without two calls into Faust per read or write
         self._open = faust_compat.open_partitions(table)
+        # partition -> the database whose DIRTY_KEY is written (a partition reopened
+        # by Faust is another database, marked anew)
+        self._dirty: dict[int, Any] = {}
 
     def _db(self, partition: int) -> Any:
         """The partition's RocksDB, as Faust opened it on assignment. Never opened here:
@@ -96,15 +146,59 @@ class TableState:
         """The value of ``key`` in one partition."""
         return self._db(partition).get(key)
 
+    def touch(self, partition: int) -> None:
+        """Mark the partition as holding uncommitted writes, before the first write after
+        a commit (the native fast path writes the ledger without ``put``: the gate
+        touches a batch's partition before it runs). Nothing if it is not open here."""
+        db = self._open.get(partition)
+        if db is not None and self._dirty.get(partition) is not db:
+            db.put(DIRTY_KEY, b"")
+            self._dirty[partition] = db
+
     def put(self, partition: int, key: bytes, value: bytes) -> None:
         """Write locally and to the changelog."""
-        self._db(partition).put(key, value)
+        db = self._db(partition)
+        if self._dirty.get(partition) is not db:
+            self.touch(partition)
+        db.put(key, value)
         self.outputs.produce(self.changelog_topic, key, value, partition)
 
     def delete(self, partition: int, key: bytes) -> None:
         """Delete locally and write a changelog tombstone."""
-        self._db(partition).delete(key)
+        db = self._db(partition)
+        if self._dirty.get(partition) is not db:
+            self.touch(partition)
+        db.delete(key)
         self.outputs.produce(self.changelog_topic, key, None, partition)
+
+    def discard_uncommitted(self, partitions: Collection[int]) -> None:
+        """The open transactions of ``partitions`` are being aborted: empty the ones they
+        wrote to, which Faust then restores from the changelog (the worker keeps a
+        partition's database open when the partition comes back to it)."""
+        for partition in partitions:
+            db = self._dirty.pop(partition, None)
+            if db is not None:
+                wipe(db)
+                log.warning(
+                    "%s[%d]: a transaction was aborted; the partition's local state is "
+                    "emptied and restored from the changelog",
+                    self.changelog_topic,
+                    partition,
+                )
+
+    def _mark_committed(self) -> None:
+        """Delete ``DIRTY_KEY`` of the partitions whose writes are all committed: every
+        one without fencing (called after a flush, no write in between), else those
+        with no open transaction and no commit in flight."""
+        fenced = getattr(self.outputs, "transactional", False)
+        parts = getattr(self.outputs, "partitions", {}) if fenced else {}
+        for partition, db in list(self._dirty.items()):
+            part = parts.get(partition)
+            if part is not None and (part.open or part.committing):
+                continue
+            del self._dirty[partition]
+            if self._open.get(partition) is db:
+                db.delete(DIRTY_KEY)
 
     def scan(self, partition: int, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         """Every (key, value) whose key starts with ``prefix``."""
@@ -125,7 +219,9 @@ class TableState:
         lacks what that writer wrote, and the offset must stay before it (recovery then
         reads that record), so the worker stops (``ForeignChangelogWrite``) before it
         commits any input: the next owner restores from the changelog and processes the
-        uncommitted inputs again with the whole state."""
+        uncommitted inputs again with the whole state.
+
+        Then the partitions whose writes are all committed lose their ``DIRTY_KEY``."""
         store = self.table.data
         open_partitions = faust_compat.open_partitions(self.table)
         runs = self.outputs.changelog_runs
@@ -153,6 +249,7 @@ class TableState:
                     "this one held it"
                 )
             store.set_persisted_offset(tp, last)
+        self._mark_committed()  # after the offsets: a crash in between leaves it marked
 
     def _recovered_to(self, tp: TP) -> int:
         """The last changelog offset Faust's recovery read the partition to (-1: none)."""

@@ -26,7 +26,7 @@ from streams.gate import posts as gate_posts
 from streams.serde.codec import OBJECTION, POST
 from tests.unit.strategies import objections, policies, posts
 from tests.unit.test_avro_adversarial import DECIDABLE, post_encodings
-from tests.unit.test_splice import CODEC, POST_RECORD, MemoryDB, _gate, _message
+from tests.unit.test_splice import CODEC, POST_RECORD, MemoryDB, _gate, _message, contents
 
 pytestmark = pytest.mark.skipif(native._native is None, reason="the C extension is not built here")
 NOW = 1_764_000_000_000
@@ -247,8 +247,8 @@ def _decided(path: str, traffic: tuple, policy: Any, max_post_bytes: int) -> tup
         processor.offsets.expected,
         asked,
         processor.positions.repositioning,
-        {p: dict(db) for p, db in processor.ledger.state._open.items() if db},
-        {p: dict(db) for p, db in processor.consent._open.items() if db},
+        {p: contents(db) for p, db in processor.ledger.state._open.items() if contents(db)},
+        {p: contents(db) for p, db in processor.consent._open.items() if contents(db)},
     )
 
 
@@ -438,7 +438,7 @@ def _failing(path: str, at: str, exits: bool) -> tuple:
         m.latency_n,
         processor.offsets.expected,
         failed,
-        dict(db),
+        contents(db),
     )
 
 

@@ -17,19 +17,20 @@ span (objected where the committed receipts say not, or the reverse). Posts deci
 that window see the later events too: a WITHDRAW not yet applied in input order can
 publish a post of a user still objecting by the receipts.
 
-The same holds when the worker stops for a failed transactional call: ``full_recovery``
-flushes the aborted writes to disk and a restore from offset 0 overwrites only the keys
-that have a committed record. Not fixed yet: strict xfail until a partition's table
-writes stay out of RocksDB until its transaction commits (a per-partition overlay that
-reads see first, written at ``finish_commit``, dropped on abort) or are undone on abort."""
+The same held when the worker stopped for a failed transactional call or was killed:
+RocksDB (without a write-ahead log) may have flushed writes whose transaction never
+committed, and a restore from the persisted offset overwrites only the keys that have a
+committed record after it. Fixed by ``DIRTY_KEY`` (``state/ledger.py``): written before
+the first write after a commit, deleted once the writes are committed; a partition
+aborted on revocation is emptied at once, one still marked when opened is emptied there,
+and Faust restores both from the changelog."""
 
 from __future__ import annotations
-
-import pytest
 
 from streams.core.consent import decode_state
 from streams.kafka.outputs import Partition
 from streams.serde.codec import CONSENT_RECEIPT
+from streams.state.ledger import DIRTY_KEY, ChangelogBackedOptions
 from tests.unit.test_fencing import CODEC, FakeProducer, fenced_gate, objection, user_of
 
 
@@ -41,10 +42,6 @@ def receipts(producer: FakeProducer) -> list[dict]:
     return found
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: RocksDB writes of a transaction aborted on revocation survive",
-)
 def test_a_transaction_aborted_on_revocation_leaves_no_state_behind() -> None:
     first = FakeProducer()
     processor, out = fenced_gate({1: first})
@@ -70,3 +67,52 @@ def test_a_transaction_aborted_on_revocation_leaves_no_state_behind() -> None:
     processor.process_one(objection(1, 0))
     (receipt,) = receipts(again)
     assert receipt["outcome"] == "APPLIED"
+
+
+def test_committed_partitions_lose_the_mark_open_ones_keep_it() -> None:
+    producers = {0: FakeProducer(), 1: FakeProducer()}
+    processor, out = fenced_gate(producers)
+    processor.fast_path.gate = False
+    consent = processor.consent
+    assert consent.get(0, DIRTY_KEY) is None  # nothing written yet
+    processor.process_one(objection(0, 0))
+    processor.process_one(objection(1, 0))
+    assert consent.get(0, DIRTY_KEY) is not None and consent.get(1, DIRTY_KEY) is not None
+    out.commit()
+    # partition 1 begins its next transaction before the tables' offsets are persisted
+    processor.process_one(objection(1, 1))
+    consent._mark_committed()  # what persist_offsets does last
+    assert consent.get(0, DIRTY_KEY) is None  # all of it committed
+    assert consent.get(1, DIRTY_KEY) is not None  # offset 1 is not
+    processor.process_one(objection(0, 1))  # the next write marks it again
+    assert consent.get(0, DIRTY_KEY) is not None
+
+
+def test_the_fast_paths_batch_marks_the_ledger_before_it_writes() -> None:
+    processor, _ = fenced_gate({0: FakeProducer()})
+    ledger = processor.ledger.state
+    processor.process([], partition=0)  # a batch of partition 0, with or without C
+    if processor.fast_path.gate:
+        assert ledger.get(0, DIRTY_KEY) is not None
+
+
+def test_a_database_left_marked_is_emptied_when_opened(tmp_path) -> None:
+    """A worker killed (or stopped by a fatal error) with a transaction open: whatever
+    RocksDB flushed of it is a prefix of its writes, so the mark is there with it, and
+    the partition opens empty (Faust then restores it from the changelog's start)."""
+    path = tmp_path / "consent-1.db"
+    options = ChangelogBackedOptions(use_rocksdict=True)
+    db = options.open(path)
+    db.put(b"committed-user", b"state")
+    db.put(b"__faust\x00offset__", b"41")
+    db.put(DIRTY_KEY, b"")
+    db.put(b"uncommitted-user", b"state")
+    db.flush()
+    db.close()
+    reopened = options.open(path)
+    assert list(reopened.keys()) == []
+    reopened.put(b"restored", b"x")
+    reopened.close()
+    clean = ChangelogBackedOptions(use_rocksdict=True).open(path)  # no mark: kept
+    assert list(clean.keys()) == [b"restored"]
+    clean.close()

@@ -34,7 +34,7 @@ from streams.gate.processor import Processor
 from streams.serde.avro_compiled import compile_reader, compile_splice, compile_writer
 from streams.serde.codec import DECISION, OBJECTION, POST, TRAINING_RECORD, Codec
 from streams.settings import Settings
-from streams.state.ledger import TableState
+from streams.state.ledger import DIRTY_KEY, TableState
 from tests.unit.strategies import objections, policies, posts
 
 CODEC = Codec()
@@ -156,6 +156,15 @@ class MemoryDB(dict):
     def items(self, from_key: bytes = b""):  # type: ignore[override]
         keys = sorted(self)
         return [(k, self[k]) for k in keys[bisect.bisect_left(keys, from_key) :]]
+
+    def delete_range(self, begin: bytes, end: bytes) -> None:
+        for key in [k for k in self if begin <= k < end]:
+            del self[key]
+
+
+def contents(db: MemoryDB) -> dict[bytes, bytes]:
+    """A table partition's entries, without the gate's mark of uncommitted writes."""
+    return {key: value for key, value in db.items() if key != DIRTY_KEY}
 
 
 class MemoryFaustTable:

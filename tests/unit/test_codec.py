@@ -85,6 +85,28 @@ def test_old_decision_version_is_read_into_the_current_schema():
     assert name == "Decision" and datum["replay_id"] is None and datum["reason"] == "MINOR"
 
 
+def test_decision_version_2_is_read_into_the_current_schema():
+    v2 = next(v for v in CODEC.versions if v.source == "Decision.v2.avsc")
+    old = CODEC.encode_with(
+        v2,
+        {
+            "post_id": "p",
+            "user_id": "u",
+            "outcome": "RETRACTED",
+            "reason": "OBJECTED",
+            "policy_version": "x",
+            "decided_at": 1,
+            "source_topic": "objections",
+            "source_partition": 2,
+            "source_offset": 9,
+            "replay_id": "r-1",
+        },
+    )
+    name, datum = CODEC.decode(old)
+    assert name == "Decision" and datum["cause"] is None
+    assert datum["replay_id"] == "r-1" and datum["outcome"] == "RETRACTED"
+
+
 @given(posts(), st.data())
 def test_corrupt_bytes_never_raise_anything_but_decode_error(post, data):
     good = CODEC.encode("Post", post)

@@ -14,9 +14,9 @@ PYTEST_ARGS ?=
 demo: setup
 	$(VENV)/bin/enforcer demo $(DEMO_ARGS)
 
-## make test: set up, lint and type-check (make lint), then the whole test suite against
-## a real Kafka broker
-test: setup lint $(PEER_STAMP)
+## make test: set up, lint and type-check (make lint), the C fast path's tests under ASan
+## and UBSan (make sanitize), then the whole test suite against a real Kafka broker
+test: setup lint $(PEER_STAMP) sanitize
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## make unit: only the tests that need no broker

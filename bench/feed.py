@@ -60,6 +60,9 @@ def main(argv: list[str]) -> int:
     pool = templates(codec, rate)
     # an upstream producer as librdkafka configures it by default (linger 5 ms)
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    # connected, with the topic's metadata, before the first timed send: the system's
+    # latency, not this client's start, from the first sample on
+    producer.list_topics(topic, timeout=30)
     produce, now = producer.produce, time.time
     total = int(rate * seconds)
     started = time.monotonic()

@@ -81,9 +81,12 @@ ROOT = Path(__file__).resolve().parent.parent
 PARTITIONS = 8
 PEER_PYTHON = ROOT / ".venv-peer" / "bin" / "python"
 SYSTEMS = ("enforcer", "enforcer-alos", "streams", "streams-eos", "quix", "ceiling")
+# measured when asked for (--systems): the enforcer without its C fast path
+OPTIONAL_SYSTEMS = ("enforcer-python",)
 DESCRIBE = {
     "enforcer": "the enforcer as shipped (fencing on: transactions committed every 0.1 s)",
     "enforcer-alos": "the enforcer with fencing off (ENFORCER_FENCING=off: at-least-once)",
+    "enforcer-python": "the enforcer as shipped without the C fast path (ENFORCER_NATIVE=0)",
     "streams": "Kafka Streams 4.1.1, at_least_once (1 re-keying + 1 deciding stream thread)",
     "streams-eos": "Kafka Streams 4.1.1, exactly_once_v2 (1 + 1 stream threads)",
     "quix": "Quix Streams 3.28.1, expert peer (re-keying process + 1 gate process)",
@@ -198,6 +201,8 @@ def start_system(
         cmd = worker_command(s, state, port, receipts=True, partitions=PARTITIONS)
         if system == "enforcer-alos":
             env = {**os.environ, "ENFORCER_FENCING": "off"}
+        elif system == "enforcer-python":
+            env = {**os.environ, "ENFORCER_NATIVE": "0"}
     elif system.startswith("streams"):
         cmd = peer_streams.command(
             s,
@@ -752,7 +757,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--posts", type=int, default=None)
     parser.add_argument("--users", type=int, default=None)
     parser.add_argument("--reps", type=int, default=None)
-    parser.add_argument("--systems", default=None, help=f"comma list of {','.join(SYSTEMS)}")
+    parser.add_argument(
+        "--systems", default=None, help=f"comma list of {','.join(SYSTEMS + OPTIONAL_SYSTEMS)}"
+    )
     parser.add_argument("--latency-systems", default=None)
     parser.add_argument("--latency-rates", default=None, help="comma list of posts/s")
     parser.add_argument("--latency-seconds", type=float, default=None)
@@ -771,7 +778,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg.latency_systems = tuple(filter(None, args.latency_systems.split(",")))
     if args.latency_rates:
         cfg.latency_rates = tuple(int(r) for r in args.latency_rates.split(","))
-    unknown = (set(cfg.systems) | set(cfg.latency_systems)) - set(SYSTEMS)
+    unknown = (set(cfg.systems) | set(cfg.latency_systems)) - set(SYSTEMS + OPTIONAL_SYSTEMS)
     if unknown:
         parser.error(f"unknown systems: {sorted(unknown)}")
     if "ceiling" in cfg.systems and cfg.systems[0] != "enforcer":

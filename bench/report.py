@@ -23,10 +23,19 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 README = ROOT / "README.md"
 BEGIN, END = "<!-- bench-matrix:begin -->", "<!-- bench-matrix:end -->"
-ORDER = ("enforcer", "enforcer-alos", "streams", "streams-eos", "quix", "ceiling")
+ORDER = (
+    "enforcer",
+    "enforcer-alos",
+    "enforcer-python",
+    "streams",
+    "streams-eos",
+    "quix",
+    "ceiling",
+)
 NAMES = {
     "enforcer": "enforcer (fencing on, as shipped)",
     "enforcer-alos": "enforcer, fencing off",
+    "enforcer-python": "enforcer without the C fast path",
     "streams": "Kafka Streams, at-least-once",
     "streams-eos": "Kafka Streams, exactly_once_v2",
     "quix": "Quix Streams (expert peer)",
@@ -343,6 +352,7 @@ def chart(result: dict[str, Any], path: Path) -> None:
     colors = {
         "enforcer": "#1f77b4",
         "enforcer-alos": "#6baed6",
+        "enforcer-python": "#9467bd",
         "streams": "#2ca02c",
         "streams-eos": "#98df8a",
         "quix": "#ff7f0e",

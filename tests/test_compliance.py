@@ -7,6 +7,7 @@ when an input offset has no record."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -132,6 +133,10 @@ def test_receipts_audit_and_verify(kafka: str, names, tmp_path: Path) -> None:
         ok = enforcer(env, "verify", "--grace", "0", "--report", str(report))
         assert ok.returncode == 0, ok.stdout + ok.stderr
         assert "no violations" in ok.stdout
+        # a-1 had to retract a-p1, a-2 a-p2, each before a-3 allowed them again
+        assert re.search(r"objection_retractions_required +2\n", ok.stdout), ok.stdout
+        assert "objection_retractions_missing" not in ok.stdout
+        assert "objection-to-retraction latency: n=2 " in ok.stdout
         page = report.read_text()
         assert page.count("data:image/png;base64,") == 2 and "No violations" in page
 

@@ -22,6 +22,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streams.core.records import partition_for_user
+from tests.chaos.harness import independent_check, wait_all_decided
 from tests.enforcer_env import Deployment
 from tests.support import Record, live_view, objection, post
 
@@ -182,3 +183,8 @@ def test_a_frozen_worker_writes_nothing_after_another_took_over(
     # A really had written something that B's init_transactions aborted, or was about to
     uncommitted = read_all(env.kafka, n.training, "read_uncommitted")
     assert len(uncommitted) >= len(read_all(env.kafka, n.training))
+    # and `enforcer verify`, the operator's check from the topics alone, finds nothing
+    # either: called, once every post is decided, as the chaos runs call it
+    wait_all_decided(env.kafka, n, 60)
+    check = independent_check(env.kafka, n)
+    assert check["verify_exit"] == 0, check["verify_output"]

@@ -19,13 +19,24 @@ What must hold (each failure is a ``Violation`` naming the record):
   post on ``training-ingest`` has a PUBLISHED decision (a copy whose own Decision a
   crash lost, its input decided again, is counted as ``published_copy_decision_lost``).
 * ``still_live``: every post whose user now objects on its platform is retracted (its
-  last record on ``training-ingest`` is a tombstone); and for each retraction, the
-  objection-to-retraction latency (the objection record's timestamp to the RETRACTED
-  decision's broker timestamp) is measured.
+  last record on ``training-ingest`` is a tombstone).
+* ``not_retracted``: for every receipt that put an objection in force on a platform,
+  every post of the user on it that was live on ``training-ingest`` at that moment has a
+  tombstone after it, before a later receipt (a withdrawal) allowed the platform again.
+  For each (objection event, post) retracted, the objection-to-retraction latency (the
+  objection record's timestamp to its first RETRACTED decision's broker timestamp) is
+  measured once.
+* ``receipt_count``: a receipt's ``posts_retracted`` is the number of posts with a
+  RETRACTED decision naming its event (a note instead when at-least-once repeats of the
+  event make the count ambiguous).
 * ``ineligible_published``: every PUBLISHED decision's post (read at the input offset the
   decision names) passes the checks of the policy version the decision names.
 * ``receipt_state``: the platforms a receipt says are objected after it are those its
   user's receipts imply.
+
+A DLQ record that is a replay request's (``enforcer replay``) names the post's input
+offset too: one of an offset that has a decision is not a second record of that input
+(``replay_request_dlq``).
 
 Inputs younger than ``grace`` seconds are ``pending``, not violations (the worker may not
 have reached them yet). ``Checker`` is incremental: ``--follow`` keeps reading.
@@ -50,6 +61,28 @@ SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
 DEFAULT_POLICY = Path(__file__).resolve().parents[1] / "core" / "default_policy.toml"
 PLATFORMS = ("FACEBOOK", "INSTAGRAM")
 LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+CHECKS = (
+    "unaccounted",
+    "published_while_objected",
+    "published_without_decision",
+    "still_live",
+    "not_retracted",
+    "ineligible_published",
+    "receipt_state",
+    "receipt_count",
+    "bad_output",
+)
+# the headers of the DLQ record of a replay request the worker could not decide: it has
+# none of an input's own, only the reason and the post's input coordinates
+# (gate/dlq.py); the second form replaces a record too large to copy
+_REPLAY_DLQ_HEADERS = ("error", "source.topic", "source.partition", "source.offset")
+_REPLAY_DLQ_REFERENCE = (
+    "error",
+    "source.topic",
+    "source.partition",
+    "source.offset",
+    "dlq.reference.bytes",
+)
 
 
 # -- decoding, with fastavro and the schema files only ----------------------------------
@@ -225,6 +258,8 @@ class Result:
     latencies: list[tuple[str, str, int, int, float]] = field(default_factory=list)
     # (time ms, series) of every decision outcome and receipt outcome, for the report
     timeline: list[tuple[int, str]] = field(default_factory=list)
+    # what looks wrong but the records cannot tell (at-least-once repeats): not violations
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -251,6 +286,8 @@ class Checker:
         self.inputs: dict[tuple[str, int, int], tuple[int, dict | None]] = {}
         # what accounts for an input: source -> [(kind, identity)]
         self.accounted: dict[tuple[str, int, int], list[tuple[str, str]]] = defaultdict(list)
+        # DLQ records laid out as a replay request's (``_replay_request``), by input offset
+        self.replay_like_dlq: Counter = Counter()
         self.published: list[tuple[dict, int]] = []  # PUBLISHED decisions, broker time
         self.retracted: list[tuple[dict, int]] = []  # RETRACTED decisions, broker time
         self.receipts: dict[str, list[dict]] = defaultdict(list)  # user -> receipts
@@ -299,7 +336,10 @@ class Checker:
                 self.bad_outputs.append(Violation("bad_output", f"DLQ record @{offset}: no source"))
                 return
             self.timeline.append((ts, "DLQ"))
-            self.accounted[src].append(("dlq", ""))
+            if self._replay_request(src[0], key, value, headers):
+                self.replay_like_dlq[src] += 1
+            else:
+                self.accounted[src].append(("dlq", ""))
         elif topic == t.training:
             post_id = (key or b"").decode("utf-8", "replace")
             record = None if value is None else self.dec.decode(value, "TrainingRecord")
@@ -307,6 +347,20 @@ class Checker:
                 self.bad_outputs.append(Violation("bad_output", f"{topic}: post {post_id}"))
                 return
             self.training[post_id].append((ts, record))
+
+    def _replay_request(self, source_topic: str, key, value, headers) -> bool:
+        """Whether a DLQ record may be that of a replay request: a post's input offset, no
+        headers of an input's own, keyed by the user id of the post it holds (or too large
+        to copy). An input without headers of its own, keyed by its user, looks the same."""
+        if source_topic != self.t.posts:
+            return False
+        names = tuple(name for name, _ in headers or ())
+        if names == _REPLAY_DLQ_REFERENCE:
+            return key is None and value is None
+        if names != _REPLAY_DLQ_HEADERS or key is None:
+            return False
+        post = self.dec.decode(value, "Post")
+        return post is not None and key == post["user_id"].encode("utf-8")
 
     # -- checking ---------------------------------------------------------------------
     def _in_window(self, ms: int) -> bool:
@@ -326,6 +380,13 @@ class Checker:
                 continue
             topic, partition, offset = src
             kinds = self.accounted.get(src, [])
+            replay_like = self.replay_like_dlq.get(src, 0)
+            if replay_like and kinds:
+                # the input has its own record: these are replay requests of its post that
+                # went to the DLQ (a replay selects only posts that decode), not repeats
+                c["replay_request_dlq"] += replay_like
+            elif replay_like:
+                kinds = [("dlq", "")] * replay_like
             what = ""
             if record is not None:
                 what = f" (post {record['post_id']})" if "post_id" in record else ""
@@ -445,14 +506,8 @@ class Checker:
                         )
                     )
 
-        # 4. retracted once objected; latency of each retraction caused by an objection
-        event_time: dict[str, int] = {}
-        for steps in timelines.values():
-            for _, r, _ in steps:
-                read = self.inputs.get(
-                    (r["source_topic"], r["source_partition"], r["source_offset"])
-                )
-                event_time[r["event_id"]] = read[0] if read else r["_ts"]
+        # 4. retracted once objected: now (still_live), and at every objection put in force
+        # (not_retracted); the receipts' counts; the latency of each retraction
         for post_id, history in self.training.items():
             ts, record = history[-1]
             if record is None:
@@ -473,12 +528,7 @@ class Checker:
                         f"{_ms(last[0])}",
                     )
                 )
-        for d, ts in self.retracted:
-            c["retracted_decisions"] += 1
-            cause = d.get("cause")
-            if cause in event_time and self._in_window(ts):
-                seconds = max(0.0, (ts - event_time[cause]) / 1000.0)
-                res.latencies.append((cause, d["post_id"], event_time[cause], ts, seconds))
+        self._retractions(timelines, settled, res)
 
         # 5. every published post eligible under the policy version it names
         for d, _ in self.published:
@@ -522,6 +572,181 @@ class Checker:
                 )
         c["violations"] = len(res.violations)
         return res
+
+    def _retractions(
+        self, timelines: dict[str, list[tuple[int, dict, frozenset]]], settled: int, res: Result
+    ) -> None:
+        """``not_retracted``, ``receipt_count`` and the objection-to-retraction latency.
+
+        A receipt puts an objection in force on the platforms objected after it and not
+        before it. Each post of the user on one of them that is live on training-ingest
+        at that moment (its last TrainingRecord decided at or before it, no tombstone
+        after that record dated before it) must have a tombstone after that record, before
+        any publication decided after the next receipt that allows the platform again, and
+        not sent after that receipt was applied unless a RETRACTED decision of the post
+        was made before it (the tombstone's timestamp is the producer's clock, the
+        decision's the worker's: late only if both say so). A post with no tombstone while
+        the objection still holds is ``still_live``."""
+        v, c = res.violations.append, res.counts
+        # (user, event id) -> the time of the objection's record on the objections topic
+        event_time: dict[tuple[str, str], int] = {}
+        for user, steps in timelines.items():
+            for _, r, _ in steps:
+                read = self.inputs.get(
+                    (r["source_topic"], r["source_partition"], r["source_offset"])
+                )
+                event_time[(user, r["event_id"])] = read[0] if read else r["_ts"]
+        # when a post's RETRACTED decisions were made; each (user, cause, post) once,
+        # at its first broker time: a repeat after a crash is not another retraction
+        retractions_of: dict[str, list[int]] = defaultdict(list)
+        first: dict[tuple[str, str, str], int] = {}
+        repeated: set[tuple[str, str]] = set()  # (user, cause) with a decision repeated
+        for d, ts in self.retracted:
+            c["retracted_decisions"] += 1
+            retractions_of[d["post_id"]].append(d["decided_at"])
+            pair = (d["user_id"], d.get("cause") or "", d["post_id"])
+            if pair in first:
+                repeated.add(pair[:2])
+            if pair not in first or ts < first[pair]:
+                first[pair] = ts
+        retracted_by: dict[tuple[str, str], set[str]] = defaultdict(set)
+        for (user, cause, post_id), ts in sorted(first.items()):
+            retracted_by[(user, cause)].add(post_id)
+            if (user, cause) in event_time and self._in_window(ts):
+                at = event_time[(user, cause)]
+                seconds = max(0.0, (ts - at) / 1000.0)
+                res.latencies.append((cause, post_id, at, ts, seconds))
+
+        posts_of: dict[str, set[str]] = defaultdict(set)
+        for post_id, history in self.training.items():
+            for _, record in history:
+                if record is not None:
+                    posts_of[record["user_id"]].add(post_id)
+        for user, steps in timelines.items():
+            posts = sorted(posts_of.get(user, ()))
+            for i, (at, receipt, objected) in enumerate(steps):
+                new = objected - steps[i - 1][2] if i else objected
+                if not new or not posts or not self._in_window(at):
+                    continue
+                for platform in sorted(new):
+                    allow = next((s for s in steps[i + 1 :] if platform not in s[2]), None)
+                    for post_id in posts:
+                        self._retracted_after(
+                            post_id,
+                            user,
+                            platform,
+                            at,
+                            receipt,
+                            allow,
+                            retractions_of,
+                            settled,
+                            res,
+                        )
+
+        # each receipt's posts_retracted against the RETRACTED decisions naming its event
+        by_event: dict[tuple[str, str], list[dict]] = defaultdict(list)
+        for user, receipts in self.receipts.items():
+            for r in receipts:
+                by_event[(user, r["event_id"])].append(r)
+        for (user, event_id), receipts in sorted(by_event.items()):
+            receipts.sort(key=lambda r: (r["applied_at"], r["_ts"]))
+            if not any(self._in_window(r["applied_at"]) for r in receipts):
+                continue
+            claimed = sum(r["posts_retracted"] for r in receipts)
+            seen = len(retracted_by.get((user, event_id), ()))
+            if claimed == seen:
+                continue
+            if max(r["applied_at"] for r in receipts) > settled:
+                c["pending"] += 1
+                continue
+            sources = Counter(
+                (r["source_topic"], r["source_partition"], r["source_offset"]) for r in receipts
+            )
+            text = (
+                f"receipt(s) of event {event_id} (user {user}) say {claimed} post(s) "
+                f"retracted; {seen} post(s) have a RETRACTED decision naming it"
+            )
+            if (
+                max(sources.values()) > 1
+                or receipts[0]["outcome"] == "IGNORED_REPEATED_EVENT_ID"
+                or (user, event_id) in repeated
+            ):
+                # processed again after a crash (a receipt or a RETRACTED decision
+                # repeated, or the first receipt lost): each pass counts what it
+                # retracted, and the records do not say which pass made which
+                c["receipt_count_ambiguous"] += 1
+                res.notes.append(f"receipt_count (at-least-once repeat, not a violation): {text}")
+            else:
+                v(Violation("receipt_count", text))
+
+    def _retracted_after(
+        self,
+        post_id: str,
+        user: str,
+        platform: str,
+        at: int,
+        receipt: dict,
+        allow: tuple[int, dict, frozenset] | None,
+        retractions_of: dict[str, list[int]],
+        settled: int,
+        res: Result,
+    ) -> None:
+        """One post against one objection put in force at ``at`` (``_retractions``)."""
+        history = self.training[post_id]
+        live = None
+        for k, (_, record) in enumerate(history):
+            if record is not None and record["decided_at"] <= at:
+                live = k
+        if live is None:
+            return
+        record = history[live][1]
+        if record is None or record["user_id"] != user or record["platform"] != platform:
+            return
+        after = history[live + 1 :]
+        if any(value is None and ts < at for ts, value in after):
+            return  # retracted before (its tombstone is dated before the receipt)
+        if record["decided_at"] == at and allow is not None and allow[0] == at:
+            return  # of the same millisecond as both: may have been decided after `allow`
+        res.counts["objection_retractions_required"] += 1
+        gone = next((j for j, (_, value) in enumerate(after) if value is None), None)
+        # when the post's RETRACTED decisions were made after this publication (the
+        # worker's clock, as the receipts' applied_at)
+        retracted = [t for t in retractions_of.get(post_id, ()) if t >= record["decided_at"]]
+        if gone is not None and not retracted:
+            res.counts["retraction_without_decision"] += 1
+        if allow is None:
+            return  # retracted, or still live while the objection holds: still_live
+        until = len(after) if gone is None else gone
+        republished = any(
+            value is not None and value["decided_at"] > allow[0] for _, value in after[:until]
+        )
+        # late: its tombstone sent after the withdrawal was applied, and no RETRACTED
+        # decision made before then either
+        late = (
+            gone is not None
+            and after[gone][0] > allow[0]
+            and not any(t <= allow[0] for t in retracted)
+        )
+        if gone is not None and not republished and not late:
+            return
+        if at > settled:
+            res.counts["pending"] += 1
+            return
+        res.counts["objection_retractions_missing"] += 1
+        how = (
+            "was not retracted"
+            if gone is None or republished
+            else f"was retracted only at {_ms(after[gone][0])}"
+        )
+        allowed = f" before event {allow[1]['event_id']} allowed it again at {_ms(allow[0])}"
+        res.violations.append(
+            Violation(
+                "not_retracted",
+                f"post {post_id} of user {user} ({platform}), live on {self.t.training} "
+                f"(decided_at {_ms(record['decided_at'])}) when objection "
+                f"{receipt['event_id']} was applied at {_ms(at)}, {how}{allowed}",
+            )
+        )
 
 
 # -- reading the topics -----------------------------------------------------------------
@@ -624,15 +849,7 @@ def render_metrics(res: Result, passes: int) -> str:
         "# TYPE enforcer_verify_violations gauge",
     ]
     by_check = Counter(x.check for x in res.violations)
-    for check in (
-        "unaccounted",
-        "published_while_objected",
-        "published_without_decision",
-        "still_live",
-        "ineligible_published",
-        "receipt_state",
-        "bad_output",
-    ):
+    for check in CHECKS:
         out.append(f'enforcer_verify_violations{{check="{check}"}} {by_check.get(check, 0)}')
     out += [
         "# HELP enforcer_verify_records Counts of the last pass.",
@@ -671,6 +888,10 @@ def summary(res: Result, limit: int = 200) -> str:
             f"  objection-to-retraction latency: n={len(vals)} p50={pick[0]:.3f}s "
             f"p99={pick[1]:.3f}s max={vals[-1]:.3f}s"
         )
+    notes = getattr(res, "notes", ())
+    if notes:
+        lines.append(f"{len(notes)} note(s), not violations:")
+        lines += [f"  {x}" for x in notes[:limit]]
     if res.violations:
         lines.append(f"{len(res.violations)} violation(s):")
         lines += [f"  {x}" for x in res.violations[:limit]]

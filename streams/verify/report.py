@@ -81,6 +81,14 @@ def write_report(path: Path, res: Any) -> None:
         + "".join(f"<li>{html.escape(str(v))}</li>" for v in res.violations[:1000])
         + "</ul>"
     )
+    notes = list(getattr(res, "notes", ()))
+    if notes:
+        verdict += (
+            f"<p>{len(notes)} note(s), not violations (what at-least-once repeats leave "
+            "ambiguous):</p><ul>"
+            + "".join(f"<li>{html.escape(str(x))}</li>" for x in notes[:1000])
+            + "</ul>"
+        )
     values = sorted(x[4] for x in res.latencies)
     stats = ""
     if values:

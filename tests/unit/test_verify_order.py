@@ -34,6 +34,7 @@ def receipt(offset: int, event_id: str, action: str, applied_at: int) -> dict:
         "applied_at": applied_at,
         "outcome": "APPLIED",
         "objected_platforms": ["FACEBOOK", "INSTAGRAM"] if action == "OBJECT" else [],
+        "posts_retracted": 0,
         "source_topic": TOPICS.objections,
         "source_partition": 0,
         "source_offset": offset,

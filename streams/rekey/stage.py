@@ -345,7 +345,8 @@ class Rekeyer:
                 # consume(n, timeout) waits for n records or the timeout: at low rates that
                 # is pure latency. Wait for the first record only, then take what is there.
                 # (A revocation served inside consume() commits what was handled so far,
-                # and nothing else: ``_done``.)
+                # and nothing else: ``_done``; records of the revoked partitions that come
+                # with it, or came before it, are left to their next owner: ``_handle``.)
                 first = consumer.poll(0.1)
                 if first is not None:
                     batch = [first, *consumer.consume(BATCH - 1, timeout=0)]
@@ -465,26 +466,34 @@ class Rekeyer:
         return [p for p, end in stable.items() if forwarded.get(p, -1) < end]
 
     def _handle(self, consumer: Consumer, msg: Message, producer: Producer, internal: str) -> None:
-        """Forward one consumed record, or act on a consumer error."""
+        """Forward one consumed record, or act on a consumer error. A record (or an
+        offset error) of a partition no longer assigned here is left to the partition's
+        next owner, which resumes where the revocation committed: a revocation served
+        inside ``consume()`` comes after records that ``poll`` or that same call
+        returned, or that wait for objections (``_await_objections``). Forwarding them
+        would put the partition back in ``_done``: a commit by a stage that does not own
+        it (moving its owner's offset back), and for an objections partition a stale
+        offset taken for how far it is forwarded (posts held for good)."""
         error = msg.error()
+        if error is not None and error.code() != KafkaError._AUTO_OFFSET_RESET:
+            if error.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer error: %s", error.str())
+            return
+        key = (msg.topic(), msg.partition())
+        done = self._done.get(key)  # set for each partition assigned (_start_positions)
+        if done is None:
+            return
         if error is None:
             self._forward(msg, producer, internal)
-            self._done[(msg.topic(), msg.partition())] = msg.offset() + 1
-        elif error.code() == KafkaError._AUTO_OFFSET_RESET:
-            # the next record to read was deleted by retention while the stage read
-            tp = TopicPartition(msg.topic(), msg.partition())
-            low, _ = asked_until_answered(
-                lambda: consumer.get_watermark_offsets(tp, timeout=30), "earliest offset"
-            )
-            start = self._done.get((tp.topic, tp.partition))
-            if start is None:
-                start = asked_until_answered(
-                    lambda: consumer.committed([tp], timeout=30), "committed offset"
-                )[0].offset
-            tp.offset = self._skip_gap(tp.topic, tp.partition, max(start, 0), low)
-            consumer.seek(tp)
-        elif error.code() != KafkaError._PARTITION_EOF:
-            log.warning("consumer error: %s", error.str())
+            self._done[key] = msg.offset() + 1
+            return
+        # the next record to read was deleted by retention while the stage read
+        tp = TopicPartition(*key)
+        low, _ = asked_until_answered(
+            lambda: consumer.get_watermark_offsets(tp, timeout=30), "earliest offset"
+        )
+        tp.offset = self._skip_gap(tp.topic, tp.partition, max(done, 0), low)
+        consumer.seek(tp)
 
     def _start_positions(self, consumer: Consumer, partitions: list) -> list:
         """Where newly assigned input partitions start: the committed offset, or the

@@ -346,7 +346,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--max-record-bytes",
         type=int,
-        help="largest record the worker writes; larger inputs go to the DLQ "
+        help="largest record the worker writes; larger inputs go to the DLQ; at most the "
+        "max.message.bytes of every topic it writes (checked at start) "
         "[ENFORCER_MAX_RECORD_BYTES, default 1000000]",
     )
     g.add_argument(

@@ -58,7 +58,13 @@ def cmd_worker(settings: Settings) -> int:
         faust_compat.require()
     except faust_compat.MissingInternals as exc:
         raise CliError(str(exc)) from None
-    from streams.kafka.topics import admin_client, ensure_topics, preflight, replication_factor
+    from streams.kafka.topics import (
+        admin_client,
+        check_record_limit,
+        ensure_topics,
+        preflight,
+        replication_factor,
+    )
     from streams.runtime.app import build
 
     policy = load_policy(settings.policy_path)
@@ -67,6 +73,7 @@ def cmd_worker(settings: Settings) -> int:
     _check_port(settings.web_host, settings.web_port)
     preflight(settings, "worker")  # the cluster answers, and grants the worker's ACLs
     ensure_topics(settings, create_inputs=False)
+    check_record_limit(settings)  # every record that passes the size checks is accepted
     rf = replication_factor(admin_client(settings), settings)
     register_output_schemas(codec, settings)
     enforcer = build(settings, policy, codec, rf)

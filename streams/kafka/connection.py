@@ -270,15 +270,23 @@ def required_acls(settings: Settings) -> list[Acl]:
     training = (s.retractions_topic, s.training_topic)
     return [
         Acl("worker", "topic", "literal", inputs, ("READ",), "the re-keying stage reads them"),
-        Acl("worker", "topic", "literal", outputs, ("WRITE",), "the gate's outputs"),
+        Acl(
+            "worker",
+            "topic",
+            "literal",
+            outputs,
+            ("WRITE", "DESCRIBE_CONFIGS"),
+            "the gate's outputs; their max.message.bytes is checked at start",
+        ),
         Acl(
             "worker",
             "topic",
             "prefixed",
             (f"{a}-",),
-            ("READ", "WRITE", "CREATE"),
+            ("READ", "WRITE", "CREATE", "DESCRIBE_CONFIGS"),
             "internal topics (re-keyed inputs, table changelogs, replay answers, worker "
-            "endpoints, Faust's leader topic), created by the worker when missing",
+            "endpoints, Faust's leader topic), created by the worker when missing; their "
+            "max.message.bytes is checked at start",
         ),
         Acl(
             "worker",

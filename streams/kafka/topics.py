@@ -7,6 +7,7 @@ count, or table reads would silently miss: a mismatch stops the worker at start.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from confluent_kafka.admin import (
     AlterConfigOpType,
     ConfigEntry,
     ConfigResource,
+    ConfigSource,
     NewTopic,
     OffsetSpec,
     ResourceType,
@@ -53,6 +55,9 @@ class TopicSpec:
 # what it has committed (``purge_committed``), as Kafka Streams does with its
 # repartition topics. Time-based retention could delete an objection before it was read.
 INTERNAL_RETENTION = {"retention.ms": "-1", "retention.bytes": "-1"}
+
+# Kafka's default message.max.bytes (1 MiB plus the 12 bytes of a batch's log header)
+KAFKA_MAX_MESSAGE_BYTES = 1048588
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
@@ -200,6 +205,17 @@ def topic_names(settings: Settings) -> list[str]:
     return [spec.name for spec in topic_specs(settings)]
 
 
+def written_topics(settings: Settings) -> list[str]:
+    """The topics the worker writes: every topic but the inputs."""
+    return [spec.name for spec in topic_specs(settings) if spec.role != "input"]
+
+
+def record_limit_config(settings: Settings) -> dict[str, str]:
+    """``max.message.bytes`` of a topic the worker writes, as created: the larger of
+    ``--max-record-bytes`` and Kafka's default (``check_record_limit``)."""
+    return {"max.message.bytes": str(max(settings.max_record_bytes, KAFKA_MAX_MESSAGE_BYTES))}
+
+
 def preflight(settings: Settings, command: str) -> dict[str, int]:
     """Before a command uses the cluster: reach it (one line when it cannot, or refuses
     the login or certificate) and check the ACLs the command needs; the topics."""
@@ -261,8 +277,15 @@ def ensure_topics(settings: Settings, *, create_inputs: bool) -> list[str]:
     # with three replicas or more, a write is acknowledged by two: one broker lost
     # never loses an acknowledged record
     durable = {"min.insync.replicas": "2"} if rf >= 3 else {}
+    # the topics the worker writes take any record it may write (check_record_limit)
+    limit = record_limit_config(settings)
     new = [
-        NewTopic(spec.name, settings.partitions, rf, config={**durable, **spec.config})
+        NewTopic(
+            spec.name,
+            settings.partitions,
+            rf,
+            config={**durable, **({} if spec.role == "input" else limit), **spec.config},
+        )
         for spec in topic_specs(settings)
         if spec.name not in existing
     ]
@@ -313,6 +336,60 @@ def keep_internal_records(admin: AdminClient, topic: str) -> None:
         raise SettingsError(
             f"cannot set the retention of internal topic {topic}: {exc.args[0].str()}"
         ) from None
+
+
+def check_record_limit(
+    settings: Settings, admin: AdminClient | None = None, within: float = 120.0
+) -> None:
+    """Stop (``SettingsError``, one line) when ``--max-record-bytes`` is more than the
+    broker accepts on a topic the worker writes.
+
+    The broker refuses a record batch larger than its topic's ``max.message.bytes``
+    (which is the broker's ``message.max.bytes`` unless the topic sets its own); the
+    worker's producers batch at most ``--max-record-bytes`` (librdkafka's
+    ``message.max.bytes``, framing included), and every record size check of the
+    enforcer is against that flag. A larger flag would let a record pass those checks
+    that the broker then refuses at delivery: the worker stops (exit 70) and meets the
+    same record after every restart. Asked again while the broker does not answer
+    (``asked_until_answered``, ``within`` seconds)."""
+    admin = admin or admin_client(settings, command=True)
+    names = written_topics(settings)
+    entries = asked_until_answered(
+        lambda: _max_message_bytes(admin, names), "describing the topics' configs", within
+    )
+    limits = [(int(entries[name].value), name) for name in names]
+    smallest, topic = min(limits, key=lambda limit: limit[0])
+    if settings.max_record_bytes <= smallest:
+        return
+    entry = entries[topic]
+    where = (
+        "set on the topic"
+        if getattr(entry.source, "value", entry.source) == ConfigSource.DYNAMIC_TOPIC_CONFIG.value
+        else "the broker's message.max.bytes"
+    )
+    raise SettingsError(
+        f"--max-record-bytes {settings.max_record_bytes} is more than topic {topic} accepts: "
+        f"max.message.bytes {smallest} ({where}); a record between the two would be "
+        f"refused at delivery after every restart: use --max-record-bytes {smallest} or less, "
+        f"or raise max.message.bytes of {topic}"
+    )
+
+
+def _max_message_bytes(admin: AdminClient, topics: list[str]) -> dict[str, ConfigEntry]:
+    """Each topic's effective ``max.message.bytes`` entry (one DescribeConfigs request);
+    a request that does not end in time is raised as a (transient) ``_TIMED_OUT``."""
+    resources = [ConfigResource(ResourceType.TOPIC, name) for name in topics]
+    futures = admin.describe_configs(resources, request_timeout=10)
+    entries = {}
+    for resource, future in futures.items():
+        try:
+            config = future.result(timeout=15)
+        except concurrent.futures.TimeoutError:
+            raise KafkaException(
+                KafkaError(KafkaError._TIMED_OUT, "DescribeConfigs timed out")
+            ) from None
+        entries[resource.name] = config["max.message.bytes"]
+    return entries
 
 
 def purge_committed(admin: AdminClient, topic: str, committed: dict[int, int]) -> None:

@@ -360,8 +360,9 @@ def test_check_access_names_the_first_acl_missing() -> None:
 
     s = Settings(app_id="app")
     topics = {s.posts_topic: ["READ", "DESCRIBE"], s.objections_topic: ["READ", "DESCRIBE"]}
-    topics |= {t: ["WRITE", "DESCRIBE"] for t in s.output_topics}
-    internal = ["READ", "WRITE", "CREATE", "DESCRIBE"]
+    # DESCRIBE_CONFIGS: the worker checks each written topic's max.message.bytes at start
+    topics |= {t: ["WRITE", "DESCRIBE", "DESCRIBE_CONFIGS"] for t in s.output_topics}
+    internal = ["READ", "WRITE", "CREATE", "DESCRIBE", "DESCRIBE_CONFIGS"]
     topics |= {s.user_events_topic: [*internal, "DELETE", "ALTER_CONFIGS", "DESCRIBE_CONFIGS"]}
     groups = {"app": ["READ", "DESCRIBE"], "app-rekey": ["READ", "DESCRIBE"]}
     known = [*topics, s.replay_results_topic]
@@ -375,9 +376,16 @@ def test_check_access_names_the_first_acl_missing() -> None:
             admin, Settings(app_id="app", consent_lookup_token_file=Path("t")), "worker", known
         )
     topics[s.training_topic] = None  # not even DESCRIBE
-    with pytest.raises(KafkaAccessError, match=f"may not WRITE topic {s.training_topic}: grant"):
+    with pytest.raises(
+        KafkaAccessError, match=f"may not DESCRIBE_CONFIGS, WRITE topic {s.training_topic}: grant"
+    ):
         check_access(FakeAdmin(topics, groups), s, "worker", known)
-    topics[s.training_topic] = ["WRITE", "DESCRIBE"]
+    topics[s.training_topic] = ["WRITE", "DESCRIBE"]  # its record limit cannot be read
+    with pytest.raises(
+        KafkaAccessError, match=f"may not DESCRIBE_CONFIGS topic {s.training_topic}: grant"
+    ):
+        check_access(FakeAdmin(topics, groups), s, "worker", known)
+    topics[s.training_topic] = ["WRITE", "DESCRIBE", "DESCRIBE_CONFIGS"]
     topics[s.user_events_topic] = internal  # no DELETE for the purge
-    with pytest.raises(KafkaAccessError, match="may not ALTER_CONFIGS, DELETE, DESCRIBE_CONFIGS"):
+    with pytest.raises(KafkaAccessError, match="may not ALTER_CONFIGS, DELETE topic"):
         check_access(FakeAdmin(topics, groups), s, "worker", known)

@@ -227,9 +227,12 @@ def preflight(settings: Settings, command: str) -> dict[str, int]:
 
 def check_access(settings: Settings, command: str, admin: AdminClient | None = None) -> None:
     """Stop with one line when the principal lacks an ACL ``command`` needs
-    (``connection.check_access``)."""
-    connection.check_access(
-        admin or admin_client(settings, command=True), settings, command, topic_names(settings)
+    (``connection.check_access``); a broker slow to answer is asked again (a loaded
+    cluster's timeout is no reason for a worker not to start)."""
+    client = admin or admin_client(settings, command=True)
+    asked_until_answered(
+        lambda: connection.check_access(client, settings, command, topic_names(settings)),
+        "checking the principal's ACLs",
     )
 
 

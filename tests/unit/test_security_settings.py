@@ -389,3 +389,34 @@ def test_check_access_names_the_first_acl_missing() -> None:
     topics[s.user_events_topic] = internal  # no DELETE for the purge
     with pytest.raises(KafkaAccessError, match="may not ALTER_CONFIGS, DELETE topic"):
         check_access(FakeAdmin(topics, groups), s, "worker", known)
+
+
+def test_a_broker_slow_to_answer_the_acl_check_is_asked_again(monkeypatch) -> None:
+    """A timeout is transient (a loaded cluster): the worker asks again instead of
+    stopping at start; a refusal stops it at once, not asked again."""
+    from confluent_kafka import KafkaException
+
+    from streams.kafka import connection, topics
+    from streams.kafka.connection import KafkaAccessError
+
+    calls = []
+
+    def slow_then_fine(*args, **kwargs) -> None:
+        calls.append(1)
+        if len(calls) < 3:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+
+    monkeypatch.setattr(topics.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(connection, "check_access", slow_then_fine)
+    topics.check_access(Settings(app_id="app"), "worker", admin=object())  # type: ignore[arg-type]
+    assert len(calls) == 3
+
+    def refused(*args, **kwargs) -> None:
+        calls.append(1)
+        raise KafkaAccessError("User:ANONYMOUS may not READ topic posts")
+
+    calls.clear()
+    monkeypatch.setattr(connection, "check_access", refused)
+    with pytest.raises(KafkaAccessError):
+        topics.check_access(Settings(app_id="app"), "worker", admin=object())  # type: ignore[arg-type]
+    assert len(calls) == 1

@@ -487,4 +487,6 @@ def test_a_missing_acl_stops_the_worker_with_one_line(
     )
     flags = secured.flags("limited", password_file=secured.password_file("limited"))
     line = one_line_failure(refused_worker(names, secured, tmp_path, *flags))
-    assert f"User:limited may not WRITE topic {names.training}" in line, line
+    # without WRITE (which implies DESCRIBE) the broker describes nothing of the topic to
+    # it, so its DESCRIBE_CONFIGS cannot be seen either: both are named
+    assert f"User:limited may not DESCRIBE_CONFIGS, WRITE topic {names.training}" in line, line

@@ -12,10 +12,14 @@ How it reads by key: receipts and retractions are keyed by user id and written b
 worker's producer with librdkafka's default partitioner (CRC-32 of the key modulo the
 partition count), so only that one partition of each is read. Decisions are keyed by
 post id, so their partitions are all read, but a record is decoded only when the user
-id's bytes occur in it (a substring test on the raw value), and ``--from``/``--to``
-bound each partition by offsets (``offsets_for_times`` on the records' timestamps,
-the broker's append time on topics the enforcer created). See docs/compliance.md for
-what it costs on a large topic.
+id's bytes occur in it (a substring test on the raw value, in the consumer's batches),
+and ``--to`` ends each partition at ``offsets_for_times`` (the broker's append time on
+the topics the enforcer created). ``--from`` starts the decisions there too (less a
+clock margin) unless an objection applied in the window needs the posts live when it
+was applied; the partitions where that finds one of the user's posts are then read
+from their beginning for those posts' earlier decisions (``read_decisions``). The
+timeline is the same as the whole one restricted to the window. See
+docs/compliance.md for what it costs on a large topic.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from streams.kafka.connection import AUDIT_GROUP, command_config, raise_if_denied
 from streams.kafka.topics import preflight
@@ -68,6 +72,27 @@ class Timeline:
     scans: list[Scan] = field(default_factory=list)
 
 
+# The readers' librdkafka settings. A scan is bounded by how fast the consumer's queue is
+# refilled. With librdkafka's defaults (1 MB a partition a fetch; once a partition holds
+# queued.min.messages, 100,000, its next fetch waits fetch.queue.backoff.ms, 1 s) the
+# queue ran dry every few fetches and consume() waited: 5 million decisions took 35 s
+# here, against 6-10 s with larger fetches, a million records' queue and a 50 ms backoff
+# (0 makes librdkafka's fetcher spin: half as much CPU again, no faster).
+READ_TUNING = {
+    "fetch.max.bytes": 52428800,
+    "max.partition.fetch.bytes": 4194304,
+    "queued.min.messages": 1000000,
+    "fetch.queue.backoff.ms": 50,
+}
+READ_BATCH = 10000  # records per consume() call
+STALL_SECONDS = 300.0  # a read that gets no record for this long stops with an error
+# With --from, decisions are first read from each partition's first record appended at
+# or after --from minus this (offsets_for_times on the broker's append time). A
+# decision's decided_at is the worker's clock when it queued it, before the broker
+# appended it; the margin covers a worker clock up to 5 minutes ahead of the broker's.
+CLOCK_MARGIN_MS = 300_000
+
+
 def _consumer(settings: Settings) -> Consumer:
     return Consumer(
         command_config(
@@ -76,10 +101,136 @@ def _consumer(settings: Settings) -> Consumer:
                 "group.id": AUDIT_GROUP,
                 "enable.auto.commit": False,
                 "isolation.level": "read_committed",
-                "fetch.max.bytes": 52428800,
+                "enable.partition.eof": True,
+                **READ_TUNING,
             },
         )
     )
+
+
+Ranges = dict[int, tuple[int, int]]  # partition -> [first offset, end offset)
+Match = tuple[int, int, int, bytes]  # partition, offset, timestamp, value
+
+
+def plan(
+    settings: Settings,
+    topic: str,
+    partitions: list[int] | None,
+    start_ms: int,
+    end_ms: int | None,
+) -> tuple[Ranges, dict[int, int]]:
+    """Per partition (only ``partitions``, or all) the offsets of the records whose
+    timestamps are in [start_ms, end_ms] (``offsets_for_times``: exact on the
+    LogAppendTime of the audit topics), as [first, end); and each partition's first
+    offset (its low watermark)."""
+    consumer = _consumer(settings)
+    try:
+        md = consumer.list_topics(topic, timeout=30).topics[topic]
+        if md.error is not None:
+            raise RuntimeError(f"topic {topic}: {md.error.str()}")
+        wanted = partitions if partitions is not None else sorted(md.partitions)
+        starts = consumer.offsets_for_times(
+            [TopicPartition(topic, p, max(start_ms, 0)) for p in wanted], timeout=30
+        )
+        ends = None
+        if end_ms is not None:
+            ends = consumer.offsets_for_times(
+                [TopicPartition(topic, p, end_ms + 1) for p in wanted], timeout=30
+            )
+        ranges: Ranges = {}
+        lows: dict[int, int] = {}
+        for i, p in enumerate(wanted):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
+            first = starts[i].offset if starts[i].offset >= 0 else high
+            last = high
+            if ends is not None and ends[i].offset >= 0:
+                last = ends[i].offset
+            ranges[p] = (max(first, low), max(last, first, low))
+            lows[p] = low
+        return ranges, lows
+    finally:
+        consumer.close()
+
+
+def scan(settings: Settings, topic: str, ranges: Ranges, needle: bytes) -> tuple[list[Match], int]:
+    """The records of ``topic`` in ``ranges`` whose value contains ``needle`` (a
+    substring test on the raw bytes: no record is decoded here), and how many records
+    were read. One consumer. After each batch, the partitions' positions say whether
+    any record of it lies past its partition's end: when none does (all batches but
+    the last of a partition), the batch costs one bytes search a record."""
+    ends = {p: r[1] for p, r in ranges.items() if r[1] > r[0]}
+    found: list[Match] = []
+    records = 0
+    if not ends:
+        return found, records
+    tps = [TopicPartition(topic, p) for p in ends]
+    consumer = _consumer(settings)
+    try:
+        consumer.assign([TopicPartition(topic, p, ranges[p][0]) for p in ends])
+        left = set(ends)
+        before = {p: ranges[p][0] for p in ends}  # positions before the batch
+        eof: dict[int, int] = {}  # partition -> the offset it was at its end at
+        quiet_since = time.monotonic()
+        while left:
+            batch = consumer.consume(READ_BATCH, timeout=0.1)
+            if batch:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since > STALL_SECONDS:
+                raise RuntimeError(
+                    f"reading {topic}: no record for {STALL_SECONDS:.0f} s from partitions "
+                    f"{sorted(left)} (positions short of their end offsets)"
+                )
+            after = {tp.partition: tp.offset for tp in consumer.position(tps)}
+            past_end = any(after[p] > ends[p] and after[p] != before[p] for p in ends)
+            if past_end or any(map(Message.error, batch)):
+                # a record past its partition's end, or an error: each record checked
+                for m in batch:
+                    err = m.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            eof[m.partition()] = m.offset()
+                        raise_if_denied(err, settings)
+                        continue
+                    p, offset = m.partition(), m.offset()
+                    if offset >= ends[p]:
+                        continue
+                    records += 1
+                    value = m.value()
+                    if value is not None and needle in value:
+                        found.append((p, offset, m.timestamp()[1], value))
+            else:
+                records += len(batch)
+                for m in batch:
+                    value = m.value()
+                    if value is not None and needle in value:
+                        found.append((m.partition(), m.offset(), m.timestamp()[1], value))
+            before = after
+            done = [p for p in left if max(after[p], eof.get(p, -1)) >= ends[p]]
+            if done:
+                # no more fetching there (a record already fetched still comes: see above)
+                consumer.pause([TopicPartition(topic, p) for p in done])
+                left.difference_update(done)
+        return found, records
+    finally:
+        consumer.close()
+
+
+def read(
+    settings: Settings, topic: str, ranges: Ranges, needle: bytes, decode: Any
+) -> tuple[list[tuple[int, int, dict]], Scan]:
+    """The records of ``topic`` in ``ranges`` whose value contains ``needle``, decoded
+    by ``decode`` (None: not wanted), as (partition, timestamp, record) in each
+    partition's order."""
+    started = time.monotonic()
+    found, records = scan(settings, topic, ranges, needle)
+    result = Scan(topic, len(ranges), records=records, decoded=len(found))
+    out: list[tuple[int, int, dict]] = []
+    for p, _, ts, value in found:
+        record = decode(value)
+        if record is not None:
+            out.append((p, ts, record))
+    result.seconds = time.monotonic() - started
+    return out, result
 
 
 def read_partitions(
@@ -95,61 +246,47 @@ def read_partitions(
     value contains ``needle``, decoded by ``decode`` (None: not wanted), with their
     timestamps."""
     started = time.monotonic()
-    consumer = _consumer(settings)
-    try:
-        md = consumer.list_topics(topic, timeout=30).topics[topic]
-        if md.error is not None:
-            raise RuntimeError(f"topic {topic}: {md.error.str()}")
-        count = len(md.partitions)
-        wanted = partitions if partitions is not None else sorted(md.partitions)
-        scan = Scan(topic, len(wanted))
-        ranges: dict[int, list[int]] = {}
-        starts = consumer.offsets_for_times(
-            [TopicPartition(topic, p, start_ms) for p in wanted], timeout=30
-        )
-        ends = None
-        if end_ms is not None:
-            ends = consumer.offsets_for_times(
-                [TopicPartition(topic, p, end_ms + 1) for p in wanted], timeout=30
-            )
-        for i, p in enumerate(wanted):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
-            first = starts[i].offset if starts[i].offset >= 0 else high
-            last = high
-            if ends is not None and ends[i].offset >= 0:
-                last = ends[i].offset
-            if last > max(first, low):
-                ranges[p] = [max(first, low), last]
-        out: list[tuple[int, dict]] = []
-        if ranges:
-            consumer.assign([TopicPartition(topic, p, r[0]) for p, r in ranges.items()])
-        deadline = time.monotonic() + 3600
-        while ranges and time.monotonic() < deadline:
-            for m in consumer.consume(10000, timeout=0.5):
-                if m.error():
-                    raise_if_denied(m.error(), settings)
-                    continue
-                p, offset = m.partition(), m.offset()
-                r = ranges.get(p)
-                if r is None or offset >= r[1]:
-                    continue
-                scan.records += 1
-                value = m.value()
-                if value is not None and needle in value:
-                    record = decode(value)
-                    scan.decoded += 1
-                    if record is not None:
-                        out.append((m.timestamp()[1], record))
-                if offset + 1 >= r[1]:
-                    del ranges[p]
-            for p in list(ranges):
-                if consumer.position([TopicPartition(topic, p)])[0].offset >= ranges[p][1]:
-                    del ranges[p]
-        scan.seconds = time.monotonic() - started
-        assert count >= 1
-        return out, scan
-    finally:
-        consumer.close()
+    ranges, _ = plan(settings, topic, partitions, start_ms, end_ms)
+    out, result = read(settings, topic, ranges, needle, decode)
+    result.seconds = time.monotonic() - started
+    return [(ts, record) for _, ts, record in out], result
+
+
+def read_decisions(
+    settings: Settings,
+    needle: bytes,
+    decode: Any,
+    start_ms: int,
+    end_ms: int | None,
+    whole_history: bool,
+) -> tuple[list[tuple[int, dict]], Scan]:
+    """The user's decisions up to ``end_ms`` that the timeline needs: those of every
+    post with a decision at or after ``start_ms``, each with all its earlier ones, and
+    with ``whole_history`` every decision up to ``end_ms``.
+
+    Decisions are keyed by post id: all of a post's decisions are on one partition.
+    Without ``whole_history`` (no objection applied in the window), each partition is
+    first read from ``start_ms - CLOCK_MARGIN_MS`` on; then only the partitions where
+    that found one of the user's posts decided at or after ``start_ms`` are read from
+    their beginning up to where the first pass started, for those posts' history."""
+    started = time.monotonic()
+    topic = settings.decisions_topic
+    if whole_history or start_ms <= 0:
+        ranges, _ = plan(settings, topic, None, 0, end_ms)
+        out, result = read(settings, topic, ranges, needle, decode)
+        result.seconds = time.monotonic() - started
+        return [(ts, d) for _, ts, d in out], result
+    window, lows = plan(settings, topic, None, start_ms - CLOCK_MARGIN_MS, end_ms)
+    recent, result = read(settings, topic, window, needle, decode)
+    partitions = {p for p, _, d in recent if d["decided_at"] >= start_ms}
+    earlier: list[tuple[int, int, dict]] = []
+    if partitions:
+        before = {p: (lows[p], window[p][0]) for p in sorted(partitions)}
+        earlier, more = read(settings, topic, before, needle, decode)
+        result.records += more.records
+        result.decoded += more.decoded
+    result.seconds = time.monotonic() - started
+    return [(ts, d) for _, ts, d in earlier + recent], result
 
 
 def audit(
@@ -200,11 +337,13 @@ def audit(
         decoder(RETRACTION),
     )
     line.scans.append(scan)
-    decisions, scan = read_partitions(s, s.decisions_topic, None, 0, end_ms, key, decoder(DECISION))
-    line.scans.append(scan)
     first: dict[str, dict] = {}
     for _, r in sorted(receipts, key=lambda x: (x[1]["applied_at"], x[0])):
         first.setdefault(f"{r['source_topic']}:{r['source_partition']}:{r['source_offset']}", r)
+    # an objection applied in the window lists every post then live: all the history
+    exposed = any(_exposure(r, start_ms) for r in first.values())
+    decisions, scan = read_decisions(s, key, decoder(DECISION), start_ms, end_ms, exposed)
+    line.scans.append(scan)
     line.receipts = [r for r in first.values() if r["applied_at"] >= start_ms]
     line.retractions = [r for _, r in retractions]
     by_post: dict[str, list[dict]] = defaultdict(list)
@@ -217,14 +356,21 @@ def audit(
     return line
 
 
+def _exposure(r: dict, start_ms: int) -> bool:
+    """Whether receipt ``r`` has an exposure window in a timeline from ``start_ms``."""
+    return (
+        r["action"] == "OBJECT"
+        and r["outcome"] in ("APPLIED", "CLAMPED_FROM_FUTURE")
+        and r["applied_at"] >= start_ms
+    )
+
+
 def exposures(receipts: list[dict], by_post: dict[str, list[dict]], start_ms: int) -> list[dict]:
     """For each receipt of an OBJECT event that was applied: the posts live when it was
     applied (published and not retracted before) and when each was retracted."""
     out = []
     for r in sorted(receipts, key=lambda r: r["applied_at"]):
-        if r["action"] != "OBJECT" or r["outcome"] not in ("APPLIED", "CLAMPED_FROM_FUTURE"):
-            continue
-        if r["applied_at"] < start_ms:
+        if not _exposure(r, start_ms):
             continue
         at = r["applied_at"]
         posts = []

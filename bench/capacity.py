@@ -2,13 +2,18 @@
 files so that it stays current (issue 20, part 9).
 
     python -m bench.capacity [--matrix bench/results/matrix-<ts>.json]
-                             [--failover bench/results/failover-<ts>.json] [--write]
+                             [--failover bench/results/failover-<ts>.json]
+                             [--state bench/results/state-scale-<ts>.json] [--write]
 
 Measured inputs (from the files named in the document): the enforcer's CPU per post
 (worker and broker) and its main thread's, the records and bytes it writes per post and
 per state entry (its changelogs read back), its RSS, the share of posts published; and
-from a failover results file the restore rate and the failover times. Everything else is
-an assumption, named in ``ASSUMPTIONS`` and printed in the document.
+from a failover results file the restore rate and the failover times. With ``--state``,
+the bytes per user and per live post come from a ``bench.state_scale`` results file
+instead (the enforcer's changelogs read back at 1,000,000 users and live posts), and
+RocksDB's bytes on disk per logical byte measured there replace the assumed
+``rocksdb_overhead``. Everything else is an assumption, named in ``ASSUMPTIONS`` and
+printed in the document.
 """
 
 from __future__ import annotations
@@ -151,6 +156,24 @@ def measured(matrix: dict[str, Any], failover: dict[str, Any] | None) -> dict[st
     return out
 
 
+def with_state(m: dict[str, Any], state: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``m`` with the bytes per user and per live post of a ``bench.state_scale`` results
+    file (the enforcer's medians): its changelogs' live entries (key + value), and the
+    RocksDB bytes on disk per logical byte measured there."""
+    e = state["per_entry"]["enforcer"]
+    return {
+        **m,
+        "consent_entry_bytes": e["logical_per_user"],
+        "ledger_entry_bytes": e["logical_per_live_post"],
+        "rocksdb_overhead": e["rocksdb_disk_per_logical_byte"],
+        "state_file": path.name,
+        "state_users": state["config"]["users"],
+        "state_live_posts": state["config"]["live_posts"],
+        "state_disk_per_user": e["disk_per_user"],
+        "state_disk_per_live_post": e["disk_per_live_post"],
+    }
+
+
 def _per_record(v: dict[str, int]) -> float:
     return (v.get("value_bytes", 0) + v.get("key_bytes", 0)) / max(1, v.get("records", 0))
 
@@ -172,9 +195,8 @@ def plan(m: dict[str, Any], rate: float) -> dict[str, float]:
     state_bytes = consent_bytes + ledger_bytes
     # workers: enough for the CPU, and for their state to fit their disk and memory
     copies = 1 + A("standby_replicas")
-    workers_disk = math.ceil(
-        state_bytes * A("rocksdb_overhead") * copies / (A("worker_disk_tb") * 1e12)
-    )
+    overhead = m.get("rocksdb_overhead", A("rocksdb_overhead"))  # measured with --state
+    workers_disk = math.ceil(state_bytes * overhead * copies / (A("worker_disk_tb") * 1e12))
     spare_memory = A("worker_memory_gb") * 1e9 - m["peak_rss_mb"] * 2**20
     workers_memory = math.ceil(state_bytes * A("block_cache_share") * copies / spare_memory)
     workers = max(workers_cpu, workers_disk, workers_memory)
@@ -182,7 +204,7 @@ def plan(m: dict[str, Any], rate: float) -> dict[str, float]:
     partitions = int(2 ** math.ceil(math.log2(max(1, workers * A("partitions_per_worker")))))
     state_per_worker = state_bytes / workers
     entries_per_worker = (consent_entries + ledger_entries) / workers
-    worker_disk = state_per_worker * A("rocksdb_overhead") * (1 + A("standby_replicas"))
+    worker_disk = state_per_worker * overhead * (1 + A("standby_replicas"))
     worker_memory = m["peak_rss_mb"] * 2**20 + state_per_worker * A("block_cache_share") * (
         1 + A("standby_replicas")
     )
@@ -285,14 +307,24 @@ def _dur(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
-def document(matrix_path: Path, failover_path: Path | None, others: Sequence[Path] = ()) -> str:
+def document(
+    matrix_path: Path,
+    failover_path: Path | None,
+    others: Sequence[Path] = (),
+    state_path: Path | None = None,
+) -> str:
     matrix = json.loads(matrix_path.read_text())
     failover = json.loads(failover_path.read_text()) if failover_path else None
+    state = json.loads(state_path.read_text()) if state_path else None
     m = measured(matrix, failover)
+    if state and state_path:
+        m = with_state(m, state, state_path)
     plans = [plan(m, r) for r in RATES]
     alternatives = []
     for path in others:
         alt = measured(matrix, json.loads(path.read_text()))
+        if state and state_path:
+            alt = with_state(alt, state, state_path)
         alternatives.append((path, alt, [plan(alt, r) for r in RATES]))
     commit = matrix.get("git", {}).get("commit", "?")[:7]
     lines = [
@@ -304,6 +336,7 @@ def document(matrix_path: Path, failover_path: Path | None, others: Sequence[Pat
             f" --failover bench/results/{f.name}"
             for f in [*([failover_path] if failover_path else []), *others]
         )
+        + (f" --state bench/results/{state_path.name}" if state_path else "")
         + "`; do not edit by hand -->",
         "",
         f"A platform of {USERS:,} users posting {RATES[0]:,} posts/s (and {RATES[1]:,}, 1% of "
@@ -335,9 +368,33 @@ def document(matrix_path: Path, failover_path: Path | None, others: Sequence[Pat
         f"| bytes written per post (keys and values, all topics) | "
         f"{m['bytes_written_per_post']:,.0f} |",
         f"| share of posts published | {m['published_share']:.1%} |",
-        f"| consent state per user with state (changelog key + value) | "
-        f"{m['consent_entry_bytes']:.0f} bytes |",
-        f"| ledger per live post (changelog key + value) | {m['ledger_entry_bytes']:.0f} bytes |",
+    ]
+    if state:
+        at = (
+            f"`{m['state_file']}`: the worker's changelogs read back, {m['state_users']:,} "
+            f"users with state and {m['state_live_posts']:,} live posts, key + value of the "
+            "live entries"
+        )
+        lines += [
+            f"| consent state per user with state ({at}) | {m['consent_entry_bytes']:.0f} bytes |",
+            f"| ledger per live post (the same) | {m['ledger_entry_bytes']:.0f} bytes |",
+            f"| RocksDB on disk per logical byte (`{m['state_file']}`: the worker's data dir "
+            "after a clean stop over its live entries' key + value, compressed by RocksDB: "
+            "the benchmark's ids and timestamps are sequential and compress better than real "
+            f"ones would; replaces the assumption `rocksdb_overhead`) | "
+            f"{m['rocksdb_overhead']:.2f} |",
+            f"| RocksDB on disk per user / per live post (`{m['state_file']}`, after a clean "
+            f"stop) | {m['state_disk_per_user']:.0f} / {m['state_disk_per_live_post']:.0f} "
+            "bytes |",
+        ]
+    else:
+        lines += [
+            f"| consent state per user with state (changelog key + value) | "
+            f"{m['consent_entry_bytes']:.0f} bytes |",
+            f"| ledger per live post (changelog key + value) | "
+            f"{m['ledger_entry_bytes']:.0f} bytes |",
+        ]
+    lines += [
         f"| decision record / training record / input record | {m['decision_bytes']:.0f} / "
         f"{m['training_record_bytes']:.0f} / {m['input_post_bytes']:.0f} bytes"
         + (
@@ -369,7 +426,8 @@ def document(matrix_path: Path, failover_path: Path | None, others: Sequence[Pat
         ]
     lines += ["", "## Assumptions", "", "| name | value | meaning |", "|---|---|---|"]
     for name, (value, meaning) in ASSUMPTIONS.items():
-        lines.append(f"| `{name}` | {value:g} | {meaning} |")
+        unused = " (not used: measured, above)" if name in m else ""
+        lines.append(f"| `{name}` | {value:g} | {meaning}{unused} |")
     lines += [
         f"| users | {USERS:,} | the platform |",
         "",
@@ -467,6 +525,13 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="failover results file (repeatable: the first sizes; default the newest)",
     )
+    parser.add_argument(
+        "--state",
+        type=Path,
+        default=None,
+        help="a bench.state_scale results file: bytes per user and per live post, and "
+        "RocksDB's overhead, from it (default: from the matrix, overhead assumed)",
+    )
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args(argv)
     matrix = Path(args.matrix) if args.matrix else newest("matrix-*.json")
@@ -474,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("no bench/results/matrix-*.json")
     files = [Path(f) for f in args.failover]
     failover = files[0] if files else newest("failover-*.json")
-    text = document(matrix, failover, files[1:])
+    text = document(matrix, failover, files[1:], args.state)
     if args.write:
         DOC.write_text(text)
         print(f"wrote {DOC}", file=sys.stderr)

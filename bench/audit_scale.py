@@ -408,11 +408,13 @@ def audit_command(bootstrap: str, topics: dict[str, str], user: str, *window: st
     ]
 
 
-def run_audit(command: list[str]) -> tuple[float, dict[str, Any], list[float]]:
-    load = list(os.getloadavg())
+def run_audit(command: list[str]) -> tuple[float, dict[str, Any], dict[str, list[float]]]:
+    """Seconds, the JSON timeline and the load averages before and after one audit."""
+    load = {"before": list(os.getloadavg())}
     started = time.monotonic()
     out = subprocess.run(command, capture_output=True, text=True, timeout=7200, cwd=ROOT)
     seconds = time.monotonic() - started
+    load["after"] = list(os.getloadavg())
     if out.returncode != 0:
         raise RuntimeError(f"enforcer audit failed: {out.stderr[-2000:]}")
     return seconds, json.loads(out.stdout), load
@@ -436,15 +438,19 @@ def restricted(whole: dict[str, Any], start: int, end: int) -> dict[str, Any]:
     }
 
 
-def git_commit() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], capture_output=True, text=True, cwd=ROOT, check=False
-        ).stdout.strip()
+def git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], capture_output=True, text=True, cwd=ROOT, check=False
+    ).stdout.strip()
 
+
+def git_commit(at_start: str) -> dict[str, Any]:
+    """The commit measured: HEAD when the run started and when it ended (others may
+    commit meanwhile), and whether streams/ differed from HEAD at the end."""
     return {
+        "commit_at_start": at_start,
         "commit": git("rev-parse", "HEAD"),
-        "audit_py_changed_since": bool(git("status", "--porcelain", "streams/cli/audit.py")),
+        "streams_changed_since": bool(git("status", "--porcelain", "streams")),
     }
 
 
@@ -461,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--topics-prefix", default=None, help="reuse the topics of an earlier fill")
     ap.add_argument("--keep", action="store_true", help="keep the topics (with --bootstrap)")
     args = ap.parse_args(argv)
+    load_at_start = list(os.getloadavg())
+    commit_at_start = git("rev-parse", "HEAD")
     users = args.users or max(1000, args.records // 20)
     span_ms = int(args.span_days * 86_400_000)
     t0 = (int(time.time() * 1000) - span_ms - 86_400_000) // HOUR_MS * HOUR_MS
@@ -507,6 +515,8 @@ def main(argv: list[str] | None = None) -> int:
             fill["seconds"] = round(time.monotonic() - started, 1)
             say(f"filled in {fill['seconds']} s: {fill}")
         result = measure(args, bootstrap, topics, lay, plan, data, fill, users)
+        result["machine"]["load_average_at_start"] = load_at_start
+        result["code"] = git_commit(commit_at_start)
         if args.bootstrap and not args.keep and not reuse:
             delete_topics(bootstrap, topics)
     if not args.workdir and not args.bootstrap:
@@ -544,7 +554,8 @@ def measure(
             runs[name].append(
                 {
                     "seconds": round(seconds, 2),
-                    "load_average_before": load,
+                    "load_average_before": load["before"],
+                    "load_average_after": load["after"],
                     "scans": {
                         k: {f: s[f] for f in ("partitions", "records", "decoded", "seconds")}
                         for k, s in scans.items()
@@ -552,7 +563,10 @@ def measure(
                 }
             )
             outputs[name] = {k: v for k, v in line.items() if k != "scans"}
-            say(f"{name} run {rep + 1}: {seconds:.1f} s, load {load[0]:.1f}, scans {scans}")
+            say(
+                f"{name} run {rep + 1}: {seconds:.1f} s, load {load['before'][0]:.1f} before, "
+                f"{load['after'][0]:.1f} after"
+            )
     whole = outputs["whole"]
     expect = plan["expect"]
     checks = {
@@ -612,7 +626,6 @@ def measure(
         "runs": runs,
         "summary": {name: summary(name) for name in cases},
         "checks": checks,
-        "code": git_commit(),
         "machine": {**machine(), "load_average_at_end": list(os.getloadavg())},
         "nice": os.nice(0),
     }

@@ -416,6 +416,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("file", nargs="?", default=None)
     parser.add_argument("--write", action="store_true")
+    parser.add_argument(
+        "--marker",
+        default=None,
+        help="write between <!-- bench-matrix-MARKER:begin/end --> instead (a second run)",
+    )
     args = parser.parse_args(argv)
     path = Path(args.file) if args.file else newest()
     result = json.loads(path.read_text())
@@ -426,8 +431,12 @@ def main(argv: list[str] | None = None) -> int:
         chart(result, png)
         rel = png.relative_to(ROOT) if png.is_relative_to(ROOT) else png
         text += f"\n![{path.stem}]({rel})\n"
-        if not write_between(README, text):
-            print(f"no {BEGIN} / {END} in {README}", file=sys.stderr)
+        begin, end = BEGIN, END
+        if args.marker:
+            begin = f"<!-- bench-matrix-{args.marker}:begin -->"
+            end = f"<!-- bench-matrix-{args.marker}:end -->"
+        if not write_between(README, text, begin, end):
+            print(f"no {begin} / {end} in {README}", file=sys.stderr)
             return 1
     return 0
 

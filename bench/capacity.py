@@ -57,6 +57,11 @@ ASSUMPTIONS: dict[str, tuple[float, str]] = {
     "rocksdb_overhead": (1.5, "RocksDB bytes on disk per logical byte (space amplification)"),
     "standby_replicas": (1.0, "standby replicas per partition (the default: warm failover)"),
     "block_cache_share": (0.1, "share of a worker's state held in memory (RocksDB block cache)"),
+    "memtable_mb": (
+        64.0,
+        "RocksDB write buffer per table partition held (Faust's default; 2 tables a "
+        "partition, active and standby copies): writes stay in memory until it fills",
+    ),
     "worker_disk_tb": (4.0, "local disk per worker for RocksDB, TB (NVMe)"),
     "worker_memory_gb": (64.0, "memory per worker, GB"),
     "broker_cores": (16.0, "cores per broker"),
@@ -197,7 +202,11 @@ def plan(m: dict[str, Any], rate: float) -> dict[str, float]:
     copies = 1 + A("standby_replicas")
     overhead = m.get("rocksdb_overhead", A("rocksdb_overhead"))  # measured with --state
     workers_disk = math.ceil(state_bytes * overhead * copies / (A("worker_disk_tb") * 1e12))
-    spare_memory = A("worker_memory_gb") * 1e9 - m["peak_rss_mb"] * 2**20
+    spare_memory = (
+        A("worker_memory_gb") * 1e9
+        - m["peak_rss_mb"] * 2**20
+        - A("partitions_per_worker") * 2 * copies * A("memtable_mb") * 2**20
+    )
     workers_memory = math.ceil(state_bytes * A("block_cache_share") * copies / spare_memory)
     workers = max(workers_cpu, workers_disk, workers_memory)
     bound = {workers_cpu: "CPU", workers_disk: "state on disk", workers_memory: "memory"}[workers]
@@ -205,8 +214,11 @@ def plan(m: dict[str, Any], rate: float) -> dict[str, float]:
     state_per_worker = state_bytes / workers
     entries_per_worker = (consent_entries + ledger_entries) / workers
     worker_disk = state_per_worker * overhead * (1 + A("standby_replicas"))
-    worker_memory = m["peak_rss_mb"] * 2**20 + state_per_worker * A("block_cache_share") * (
-        1 + A("standby_replicas")
+    memtables = A("partitions_per_worker") * 2 * copies * A("memtable_mb") * 2**20
+    worker_memory = (
+        m["peak_rss_mb"] * 2**20
+        + state_per_worker * A("block_cache_share") * (1 + A("standby_replicas"))
+        + memtables
     )
     restore_s = entries_per_worker / m.get("restore_records_per_s", math.nan)
     # brokers: CPU, network, disk

@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import ConsumerGroupState
 from confluent_kafka.admin import AdminClient
@@ -40,12 +41,35 @@ WORKERS = 3
 PARTITIONS = 6
 
 
-def group_stable(admin: AdminClient, group: str, members: int) -> bool:
+class GroupAdmin:
+    """An admin client for describing groups, made anew after an error: one that saw a
+    coordinator move can keep failing with its old view of the cluster (the workers'
+    own clients renew theirs the same way, ``kafka/topics.py`` ``RenewingAdmin``)."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+        self.client = AdminClient({"bootstrap.servers": bootstrap})
+        self.last: dict[str, str] = {}  # group -> what was last seen of it (diagnostics)
+
+    def describe(self, group: str) -> Any:
+        try:
+            return self.client.describe_consumer_groups([group])[group].result(timeout=10)
+        except Exception:
+            self.client = AdminClient({"bootstrap.servers": self.bootstrap})
+            raise
+
+
+def group_stable(admin: GroupAdmin, group: str, members: int) -> bool:
     """The group is STABLE with ``members`` members, each with an assignment."""
     try:
-        described = admin.describe_consumer_groups([group])[group].result(timeout=10)
-    except Exception:  # a coordinator moving, a timeout: not stable yet
+        described = admin.describe(group)
+    except Exception as exc:  # a coordinator moving, a timeout: not stable yet
+        admin.last[group] = f"not described: {exc}"
         return False
+    admin.last[group] = (
+        f"{described.state}, {len(described.members)} members, assigned: "
+        f"{[len(m.assignment.topic_partitions) for m in described.members]}"
+    )
     return (
         described.state == ConsumerGroupState.STABLE
         and len(described.members) == members
@@ -136,7 +160,7 @@ def test_rolling_restart_under_traffic(kafka_cluster: KafkaCluster, tmp_path: Pa
     work = tmp_path / "workers"
     work.mkdir()
     ensure_topics(names.settings(bootstrap, PARTITIONS, work), create_inputs=True)
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = GroupAdmin(bootstrap)
     fleet = Fleet(bootstrap, names, work, PARTITIONS)
     traffic = Traffic(bootstrap, names, rate=80, users=300, seed=23)
     groups = (names.app_id, f"{names.app_id}-rekey")
@@ -168,7 +192,10 @@ def test_rolling_restart_under_traffic(kafka_cluster: KafkaCluster, tmp_path: Pa
             restarted = fleet.start(slot, wait=False)  # the same data dir (the pod's volume)
             restarted.wait_ready(180)
             ready = time.monotonic() - t0
-            wait_until(f"groups stable after restarting worker {slot}", settled, 120)
+            try:
+                wait_until(f"groups stable after restarting worker {slot}", settled, 120)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; last seen of the groups: {admin.last}") from None
             for other in fleet.slots.values():
                 other.wait_ready(60)
             stable = time.monotonic() - t0

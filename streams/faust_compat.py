@@ -266,6 +266,41 @@ RELIED_ON: tuple[Relied, ...] = (
         used_by=("on_changelog_event",),
     ),
     Relied(
+        "mode.utils.queues:FlowControlEvent",
+        "resume",
+        "replaced on the app's event (keep_changelog_queue_on_resume): the same, except that "
+        "it leaves Faust's changelog queue alone",
+        params=("self",),
+    ),
+    *(
+        Relied(
+            "mode.utils.queues:FlowControlEvent",
+            name,
+            "what FlowControlEvent.resume sets and clears, done by keep_changelog_queue_on_resume",
+            used_by=("resume",) if name != "_queues" else ("clear", "manage_queue"),
+        )
+        for name in ("_suspend", "_resume", "_queues")
+    ),
+    Relied(
+        "faust.tables.manager:TableManager",
+        "changelog_queue",
+        "the recovery loop's queue, which flow_control.resume() must not empty",
+    ),
+    Relied(
+        "faust.tables.recovery:Recovery",
+        "on_recovery_completed",
+        "calls flow_control.resume() after the standbys started fetching (the reason for "
+        "keep_changelog_queue_on_resume)",
+        params=("self", "generation_id"),
+    ),
+    Relied(
+        "faust.tables.recovery:Recovery",
+        "_add",
+        "keeps the offset it last read for a partition whose database has none "
+        "(restore_from_start pops it)",
+        params=("self", "table", "tp", "offsets"),
+    ),
+    Relied(
         "faust.stores.rocksdb:Store",
         "apply_changelog_batch",
         "the direct restore writes a fetched batch with it (message tp, offset, key, value)",
@@ -574,6 +609,53 @@ def after_streams_drained(app: Any, then: Callable[[], Awaitable[None]]) -> None
         await then()
 
     app._consumer_wait_empty = wait_empty_then
+
+
+def keep_changelog_queue_on_resume(app: Any) -> None:
+    """Stop ``app.flow_control.resume()`` from emptying Faust's changelog queue.
+
+    The queue (``TableManager.changelog_queue``, read by the recovery loop) is a mode
+    ``FlowControlQueue`` made with ``clear_on_resume``, and ``resume()`` empties it every
+    time. Recovery calls ``resume()`` again once it completes
+    (``Recovery.on_recovery_completed``), after the standby partitions were sought and
+    started fetching: standby records already queued were dropped, the consumer's
+    position had moved past them, and the standby offset moved past them with the next
+    record applied. A standby copy then silently lacked a range of its changelog, and a
+    worker taking its partition over restored from that copy: it published posts of
+    users who had objected and could not retract posts missing from its ledger (the
+    chaos run 20261203T055850Z: 166 of a worker's first 228 ledger records of a
+    partition; faust-streaming/faust#212 and #596 report the same loss).
+
+    The queue is still emptied by ``flow_control.clear()`` at a revocation, where it is
+    safe: recovery then seeks every changelog partition to the last record it applied,
+    so what was queued is fetched again. Every other queue the event manages is emptied
+    on ``resume()`` as before."""
+    flow = app.flow_control
+    changelog_queue = app.tables.changelog_queue  # made now if not yet, managed by flow
+
+    def resume() -> None:
+        flow._suspend.clear()
+        flow._resume.set()
+        for queue in list(flow._queues):
+            if queue is not changelog_queue:
+                queue.clear()
+
+    flow.resume = resume
+
+
+def restore_from_start(table: Any, topic: str, partition: int) -> None:
+    """Make Faust's next recovery of a changelog partition whose local database was just
+    emptied read the changelog from its start. Faust starts from the offset the
+    database persisted, or, when there is none, from the offset it last read in this
+    process (``Recovery._add`` keeps it for a partition that stays assigned through a
+    rebalance), which would leave the emptied database without everything before it."""
+    try:
+        recovery = table.app.tables.recovery
+    except AttributeError:  # a test's stand-in table (the self-check covers Faust's)
+        return
+    tp = TP(topic, partition)
+    recovery.active_offsets.pop(tp, None)
+    recovery.standby_offsets.pop(tp, None)
 
 
 def open_partitions(table: Any) -> MutableMapping[int, Any]:

@@ -385,6 +385,8 @@ def build(
     )
     consent = raw_table(app, settings, "consent", "Consent state per user (per platform).")
     ledger = raw_table(app, settings, "ledger", "Live posts per user.")
+    # standby records queued when recovery completes are kept (Faust emptied the queue)
+    faust_compat.keep_changelog_queue_on_resume(app)
     metrics = Metrics()
     outputs = OutputProducer(settings)
     consent_state = TableState(consent, settings.changelog_topic("consent"), outputs)

@@ -179,6 +179,7 @@ class TableState:
             db = self._dirty.pop(partition, None)
             if db is not None:
                 wipe(db)
+                faust_compat.restore_from_start(self.table, self.changelog_topic, partition)
                 log.warning(
                     "%s[%d]: a transaction was aborted; the partition's local state is "
                     "emptied and restored from the changelog",

@@ -88,6 +88,31 @@ RELIED_ON: tuple[Relied, ...] = (
         used_by=("_create_consumer",),
     ),
     Relied(
+        f"{_AIOKAFKA}:AIOKafkaConsumerThread",
+        "_seek_wait",
+        "overridden by GateConsumerThread: a recovery seek starts a new epoch of its partitions",
+        params=("self", "consumer", "partitions"),
+        used_by=("seek_wait",),
+    ),
+    Relied(
+        f"{_AIOKAFKA}:AIOKafkaConsumerThread",
+        "_fetch_records",
+        "overridden by GateConsumerThread: batches stamped with their partitions' seek epochs",
+        params=("self", "consumer", "active_partitions", "timeout", "max_records"),
+        used_by=("getmany",),
+    ),
+    Relied(
+        "faust.tables.manager:TableManager",
+        "changelog_topics",
+        "which fetched batches GateConsumerThread stamps with their seek epoch",
+    ),
+    Relied(
+        "faust.transport.utils:TopicBuffer",
+        "add",
+        "iterates a fetched batch with iter() as Faust hands it out (SoughtBatch.__iter__)",
+        params=("self", "tp", "buffer"),
+    ),
+    Relied(
         "aiokafka:AIOKafkaConsumer",
         "_fetch_max_wait_ms",
         "set before start: decisions 0.3-1.5 s late at Faust's 1,500 ms",
@@ -134,7 +159,7 @@ RELIED_ON: tuple[Relied, ...] = (
     Relied(
         _CONSUMER,
         "_read_offset",
-        "Faust's filter of records below the last one handed out, off for the gate's topic",
+        "Faust's filter of records below the last one handed out, off (unfilter_read_offsets)",
         used_by=("__init__", "_drain_messages", "seek"),
     ),
     Relied(
@@ -404,6 +429,65 @@ class GateConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             consumer._isolation_level = "read_committed"
         return consumer
 
+    # Records fetched before a recovery seek, handed out after it. Faust's recovery
+    # seeks a changelog partition (``Recovery._seek_offsets`` -> ``_seek_wait``) while
+    # its drain loop may still be handing out a batch fetched from the old position
+    # (it awaits each record's callback). Such a record, applied after the seek, made
+    # the recovery loop skip the records the seek was for (at or below the last one it
+    # applied): a standby or restored copy silently lacked them (the chaos run
+    # 20261203T063705Z: seeks to 0 followed by first records at 63-625). Each seek
+    # counts as a new epoch of its partitions; a changelog batch is stamped with its
+    # partition's epoch when aiokafka returns it (on the consumer's thread, where the
+    # seeks run too), and handing it out stops once its partition was sought again.
+    # A batch fetched before a partition's first seek (epoch 0) is stopped by that seek.
+    _seek_epochs: dict[Any, int] | None = None
+
+    def _epochs(self) -> dict[Any, int]:
+        if self._seek_epochs is None:
+            self._seek_epochs = {}
+        return self._seek_epochs
+
+    async def _seek_wait(self, consumer: Any, partitions: Mapping[Any, int]) -> None:
+        epochs = self._epochs()
+        for tp in partitions:
+            epochs[tp] = epochs.get(tp, 0) + 1
+        await super()._seek_wait(consumer, partitions)
+
+    async def _fetch_records(
+        self,
+        consumer: Any,
+        active_partitions: Any,
+        timeout: float | None = None,
+        max_records: int | None = None,
+    ) -> Any:
+        records = await super()._fetch_records(
+            consumer, active_partitions, timeout=timeout, max_records=max_records
+        )
+        if records:  # no await since aiokafka returned them: no seek in between
+            epochs = self._epochs()
+            changelogs = self.app.tables.changelog_topics
+            for tp, batch in records.items():
+                if tp.topic in changelogs:
+                    records[tp] = SoughtBatch(batch, epochs, tp)
+        return records
+
+
+class SoughtBatch(list):
+    """A fetched batch of a partition that recovery seeks: iterating it stops as soon as
+    the partition has been sought again (``GateConsumerThread``)."""
+
+    def __init__(self, batch: Any, epochs: Mapping[Any, int], tp: Any) -> None:
+        super().__init__(batch)
+        self.epochs = epochs
+        self.tp = tp
+        self.epoch = epochs.get(tp, 0)
+
+    def __iter__(self) -> Iterator[Any]:
+        for record in super().__iter__():
+            if self.epochs.get(self.tp, 0) != self.epoch:
+                return
+            yield record
+
 
 class GateConsumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer with the gate's dispatch (the app's only consumer)."""
@@ -566,28 +650,34 @@ def take_fetched(consumer: Any, take: Callable[[dict], None]) -> None:
     consumer.fetched = take
 
 
-class _UnfilteredTopic(defaultdict):
-    """Faust's read offsets, except that the gate's topic never has one."""
+class _Unfiltered(defaultdict):
+    """Faust's read offsets, as Faust's drain loop reads them: never one (``None``)."""
 
-    def __init__(self, topic: str, offsets: Mapping[Any, Any]) -> None:
+    def __init__(self, offsets: Mapping[Any, Any]) -> None:
         super().__init__(lambda: None, offsets)
-        self.topic = topic
 
     def __getitem__(self, tp: Any) -> Any:
-        if tp.topic == self.topic:
-            return None
-        return super().__getitem__(tp)
+        return None
 
 
-def unfilter_read_offsets(consumer: Any, topic: str) -> None:
-    """Faust drops a fetched record whose offset is below the last one it handed out
-    (its read offsets), and a seek does not reliably reset that: records of a batch
-    fetched before the seek set it forward again, and the records the seek was for were
-    then dropped silently (a partition stalled in the crash test). The gate tracks its
-    own offsets (``gate/offsets.py``) and wants every record, so Faust's filter is off for
-    its topic. Call before the consumer starts fetching (Faust binds the mapping's
-    methods then)."""
-    consumer._read_offset = _UnfilteredTopic(topic, consumer._read_offset)
+def unfilter_read_offsets(consumer: Any) -> None:
+    """Turn off Faust's filter of fetched records: it drops a record whose offset is
+    below the last one it handed out (its read offsets), and a seek does not reliably
+    reset that: records of a batch fetched before the seek set it forward again, and
+    the records the seek was for were then dropped silently.
+
+    * The gate's topic: a partition stalled in the crash test. The gate tracks its own
+      offsets (``gate/offsets.py``) and wants every record.
+    * The changelogs: recovery seeks a standby or restored partition back (to 0 for one
+      with nothing on disk) while records fetched before were still being handed out;
+      the filter then dropped the changelog's first records, and the copy lacked them
+      for good (the chaos run 20261203T061914Z: the first 122 and 95 records of two
+      consent partitions of a restarted worker's standby copies, found by the run's
+      local state check). Faust's recovery loop skips by itself any record at or below
+      the last one it applied.
+
+    Call before the consumer starts fetching (Faust binds the mapping's methods then)."""
+    consumer._read_offset = _Unfiltered(consumer._read_offset)
 
 
 async def commit_offsets(consumer: Any, offsets: Mapping[TP, int]) -> bool:

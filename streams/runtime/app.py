@@ -305,7 +305,7 @@ def wire_offsets(
         task.add_done_callback(loop_tasks.discard)
 
     processor.positions.reposition = request
-    faust_compat.unfilter_read_offsets(app.consumer, topic)
+    faust_compat.unfilter_read_offsets(app.consumer)
 
     checkpoint = processor.checkpoint
     outputs = processor.outputs

@@ -23,9 +23,11 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import tomllib
@@ -649,6 +651,7 @@ MUST_BE_ZERO = (
     "leaked_late_still_live",
     "eligible_never_objecting_not_live",
     "undecided_posts",
+    "local_state_differs_from_changelog",
 )
 
 
@@ -665,6 +668,7 @@ def report(result: dict) -> str:
         "training_records",
         "live_at_end",
         "retractions",
+        "local_partitions_checked",
     ):
         lines.append(f"  {key:40s} {result[key]:>8}")
     for key in MUST_BE_ZERO:
@@ -678,6 +682,79 @@ def report(result: dict) -> str:
     ):
         lines.append(f"  {key:40s} {result[key]:>8}   (reported)")
     return "\n".join(lines)
+
+
+# -- the workers' local state against the changelogs ----------------------------------------
+OFFSET_KEY = b"__faust\0offset__"  # Faust's persisted changelog offset, in each partition
+DIRTY_KEY = b"\xff\xffenforcer.uncommitted-writes"  # streams/state/ledger.py
+
+
+def _open_copy(path: Path) -> dict[bytes, bytes]:
+    """Every key and value of a RocksDB partition, read from a copy (a stopped
+    worker's LOCK file may be left behind)."""
+    from rocksdict import Options, Rdict  # the worker's own dependency
+
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "db"
+        shutil.copytree(path, copy, ignore=shutil.ignore_patterns("LOCK"))
+        db = Rdict(str(copy), options=Options(raw_mode=True))
+        try:
+            return dict(db.items())
+        finally:
+            db.close()
+
+
+def local_state_check(bootstrap: str, names: Names, data_dirs: Iterable[Path]) -> dict:
+    """Each table partition every worker left on disk (after the run, the workers
+    stopped) holds exactly what its changelog holds up to the offset it persisted, as
+    read_committed reads it: a partition with a key missing, extra or different is a
+    copy a worker could restore a takeover from without an objection or a live post.
+    Partitions still marked as holding uncommitted writes are left out (a worker empties
+    them when it opens them), as are those that persisted no offset."""
+    changelogs: dict[str, dict[int, list[Rec]]] = {}
+    checked = 0
+    mismatched: list[dict] = []
+    for data_dir in sorted(set(data_dirs)):
+        for path in sorted((data_dir / "v1" / "tables").glob("*-*.db")):
+            table, _, partition_s = path.name[: -len(".db")].rpartition("-")
+            local = _open_copy(path)
+            persisted = local.pop(OFFSET_KEY, None)
+            if persisted is None or DIRTY_KEY in local:
+                continue
+            topic = f"{names.app_id}-{table}-changelog"
+            if topic not in changelogs:
+                by_part: dict[int, list[Rec]] = defaultdict(list)
+                for rec in read_topic(bootstrap, topic):
+                    by_part[rec.partition].append(rec)
+                changelogs[topic] = by_part
+            state: dict[bytes, bytes] = {}
+            for rec in changelogs[topic][int(partition_s)]:
+                if rec.offset > int(persisted):
+                    break
+                if rec.key is None:
+                    continue
+                if rec.value is None:
+                    state.pop(rec.key, None)
+                else:
+                    state[rec.key] = rec.value
+            checked += 1
+            missing = [k for k in state if local.get(k) != state[k]]
+            extra = [k for k in local if k not in state]
+            if missing or extra:
+                mismatched.append(
+                    {
+                        "db": f"{data_dir.name}/{path.name}",
+                        "persisted_offset": int(persisted),
+                        "missing_or_different": len(missing),
+                        "extra": len(extra),
+                        "examples": [k.decode("utf-8", "replace") for k in (missing + extra)[:5]],
+                    }
+                )
+    return {
+        "local_partitions_checked": checked,
+        "local_state_differs_from_changelog": len(mismatched),
+        "local_state_mismatches": mismatched[:20],
+    }
 
 
 # -- a run -------------------------------------------------------------------------------------
@@ -768,6 +845,7 @@ def run(
     finally:
         stop_supervisor.set()
         fleet.stop_all()
+    result.update(local_state_check(bootstrap, names, (w.data_dir for w in fleet.all)))
     result.update(
         {
             "app_id": names.app_id,

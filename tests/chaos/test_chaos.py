@@ -42,6 +42,8 @@ def test_short_chaos_run(kafka_cluster: KafkaCluster, tmp_path: Path) -> None:
     assert result["leaked_in_force"] == 0, result["examples"]["leaked_in_force"]
     # and the independent check of the topics that an operator would run (issue 18)
     assert result["verify_exit"] == 0, result["verify_output"]
+    # every table partition the workers left equals its changelog at its persisted offset
+    assert result["local_state_differs_from_changelog"] == 0, result["local_state_mismatches"]
 
 
 ZOMBIE = [(20, "freeze", {"worker": 1, "seconds": 75})]
@@ -64,3 +66,4 @@ def test_zombie_is_fenced(kafka: str, tmp_path: Path, monkeypatch: pytest.Monkey
     assert result["undecided_posts"] == 0
     assert result["eligible_never_objecting_not_live"] == 0
     assert result["leaked_in_force_state_lost"] == 0, result["examples"]["leaked_in_force"]
+    assert result["local_state_differs_from_changelog"] == 0, result["local_state_mismatches"]

@@ -14,6 +14,8 @@ import asyncio
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from streams.core.policy import load_policy
@@ -70,3 +72,65 @@ def test_an_emptied_partition_is_restored_from_the_changelogs_start() -> None:
 
     assert dict(partition_db) == {}
     assert tp not in recovery.active_offsets and tp not in recovery.standby_offsets
+
+
+def test_faust_drops_no_changelog_record_below_one_it_handed_out_before_a_seek(
+    tmp_path: Path,
+) -> None:
+    """Faust's drain loop drops a fetched record at or below its read offset for the
+    partition (the last record it handed out). Records of a batch fetched before a
+    recovery seek (to 0 for a standby copy with nothing on disk) set it forward after
+    the seek, and the changelog's first records were then dropped for good (the chaos
+    run 20261203T061914Z). The enforcer's consumer has no read offset for any topic."""
+
+    async def run() -> None:
+        settings = Settings(bootstrap_servers="127.0.0.1:1", data_dir=tmp_path)
+        consumer = build(settings, load_policy(), Codec()).app.consumer
+        changelog = TP(f"{settings.app_id}-consent-changelog", 5)
+        internal = TP(settings.user_events_topic, 1)
+        read_offset = consumer._read_offset.__getitem__  # what the drain loop binds
+        for tp in (changelog, internal):
+            consumer._read_offset[tp] = 121
+            assert read_offset(tp) is None, f"{tp.topic}: records up to 121 would be dropped"
+
+    asyncio.run(run())
+
+
+def test_a_changelog_batch_fetched_before_a_recovery_seek_is_not_handed_out_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Faust's drain loop hands a fetched batch out record by record (awaiting each
+    callback) while recovery may seek the partition back; a record from the old
+    position applied after the seek made the recovery loop skip the records the seek
+    was for (the chaos run 20261203T063705Z: seeks to 0, first records at 63-625)."""
+
+    async def run() -> None:
+        settings = Settings(bootstrap_servers="127.0.0.1:1", data_dir=tmp_path)
+        app = build(settings, load_policy(), Codec()).app
+        thread = app.consumer._thread
+        changelog = TP(settings.changelog_topic("consent"), 2)
+        internal = TP(settings.user_events_topic, 2)
+        fetched = {changelog: ["c100", "c101", "c102"], internal: ["g7", "g8"]}
+
+        async def fetch(self, consumer, active_partitions, timeout=None, max_records=None):
+            return {tp: list(batch) for tp, batch in fetched.items()}
+
+        async def seek_wait(self, consumer, partitions):
+            return None
+
+        parent = faust_aiokafka.AIOKafkaConsumerThread
+        monkeypatch.setattr(parent, "_fetch_records", fetch)
+        monkeypatch.setattr(parent, "_seek_wait", seek_wait)
+
+        before = await thread._fetch_records(None, set(fetched))
+        handing_out = iter(before[changelog])  # as Faust's TopicBuffer does
+        assert next(handing_out) == "c100"
+        await thread._seek_wait(None, {changelog: 0})  # recovery seeks it back
+        assert list(handing_out) == [], "records of the old position handed out after a seek"
+        assert list(before[internal]) == ["g7", "g8"], "the gate's topic is never held back"
+        assert type(before[internal]) is list  # its batches go to the C path untouched
+
+        after = await thread._fetch_records(None, set(fetched))
+        assert list(after[changelog]) == ["c100", "c101", "c102"]
+
+    asyncio.run(run())

@@ -23,9 +23,10 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+import logging
 import os
 import types
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from time import monotonic
@@ -34,6 +35,8 @@ from typing import Any
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from mode.services import WaitResults
+
+log = logging.getLogger(__name__)
 
 # aiokafka's fetch wait for the gate's consumer (Faust hard-codes 1,500 ms)
 FETCH_MAX_WAIT_MS = 10
@@ -453,6 +456,20 @@ class GateConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             epochs[tp] = epochs.get(tp, 0) + 1
         await super()._seek_wait(consumer, partitions)
 
+    async def reseek(self, tp: Any, offset: int, epoch: int) -> None:
+        """Read ``tp`` again from ``offset``, in a new epoch (``ChangelogDeliveries``),
+        unless it was sought since ``epoch`` (recovery's own seek then goes back as far as
+        its loop applied, which is before ``offset``)."""
+        await self.call_thread(self._reseek, self._ensure_consumer(), tp, offset, epoch)
+
+    async def _reseek(self, consumer: Any, tp: Any, offset: int, epoch: int) -> None:
+        epochs = self._epochs()
+        if epochs.get(tp, 0) != epoch:
+            return
+        epochs[tp] = epoch + 1
+        if tp in consumer.assignment():
+            consumer.seek(tp, offset)
+
     async def _fetch_records(
         self,
         consumer: Any,
@@ -482,11 +499,84 @@ class SoughtBatch(list):
         self.tp = tp
         self.epoch = epochs.get(tp, 0)
 
+    @property
+    def stale(self) -> bool:
+        """The partition was sought since this batch was fetched."""
+        return self.epochs.get(self.tp, 0) != self.epoch
+
     def __iter__(self) -> Iterator[Any]:
         for record in super().__iter__():
-            if self.epochs.get(self.tp, 0) != self.epoch:
+            if self.stale:
                 return
             yield record
+
+
+class ChangelogDeliveries:
+    """Which fetched changelog records Faust's drain loop actually handed on to its
+    recovery loop, and a new read of what it dropped.
+
+    Faust drops fetched records in several places on the assumption that a seek will
+    follow (records of a partition it no longer counts as active when it hands a batch
+    out, records of a flow being suspended), and for a standby partition none does: its
+    recovery offset moves past them with the next record applied. A long chaos run
+    (20261203T065101Z, instrumented) showed whole first batches of standby partitions
+    (548 and 1,476 records) returned by aiokafka 13 ms after the standby seek and never
+    queued. Here every changelog batch's offsets are noted when it is fetched (in its
+    seek epoch, ``GateConsumerThread``); a record handed on past noted offsets that were
+    not is held back, and so is the rest of the partition's epoch, while the partition is
+    read again from the first offset dropped (``reseek``): the recovery loop then gets
+    the partition's records in order, none missing."""
+
+    def __init__(
+        self, epochs: Callable[[], Mapping[Any, int]], reseek: Callable[[Any, int, int], None]
+    ) -> None:
+        self.epochs = epochs
+        self.reseek = reseek
+        self.pending: dict[Any, tuple[int, deque[int]]] = {}  # tp -> (epoch, offsets)
+        self.held: dict[Any, int] = {}  # tp -> the epoch held back until a new read
+
+    def fetched(self, records: Mapping[Any, Any]) -> None:
+        """Note the offsets of the changelog batches just fetched (main thread)."""
+        for tp, batch in records.items():
+            if isinstance(batch, SoughtBatch) and not batch.stale and batch:
+                epoch, offsets = self.pending.get(tp, (None, None))
+                if epoch != batch.epoch or offsets is None:
+                    offsets = deque()
+                    self.pending[tp] = (batch.epoch, offsets)
+                offsets.extend(record.offset for record in batch)
+
+    def deliverable(self, tp: Any, offset: int) -> bool:
+        """False if the record must not reach the recovery loop: records fetched before
+        it in the same epoch were dropped (then a new read is asked for), or its epoch is
+        held back until that read."""
+        epoch = self.epochs().get(tp, 0)
+        if tp in self.held:
+            if self.held[tp] == epoch:
+                return False
+            del self.held[tp]
+        noted = self.pending.get(tp)
+        if noted is None or noted[0] != epoch:
+            return True
+        offsets = noted[1]
+        first_dropped = None
+        while offsets and offsets[0] < offset:
+            dropped = offsets.popleft()
+            first_dropped = dropped if first_dropped is None else first_dropped
+        if offsets and offsets[0] == offset:
+            offsets.popleft()
+        if first_dropped is None:
+            return True
+        self.held[tp] = epoch
+        del self.pending[tp]
+        log.warning(
+            "%s[%d]: changelog records from offset %d were fetched but not handed to "
+            "recovery; read again from there",
+            tp.topic,
+            tp.partition,
+            first_dropped,
+        )
+        self.reseek(tp, first_dropped, epoch)
+        return False
 
 
 class GateConsumer(faust_aiokafka.Consumer):
@@ -499,12 +589,33 @@ class GateConsumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> Any:
         return GateConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    _deliveries: ChangelogDeliveries | None = None
+    _reseeks: set[Any] | None = None
+
+    @property
+    def changelog_deliveries(self) -> ChangelogDeliveries:
+        """The check of what Faust hands on of the changelogs (made on first use)."""
+        if self._deliveries is None:
+            thread = self._thread
+            self._reseeks = set()
+
+            def reseek(tp: Any, offset: int, epoch: int) -> None:
+                task = asyncio.ensure_future(thread.reseek(tp, offset, epoch))
+                assert self._reseeks is not None
+                self._reseeks.add(task)
+                task.add_done_callback(self._reseeks.discard)
+
+            self._deliveries = ChangelogDeliveries(thread._epochs, reseek)
+        return self._deliveries
+
     async def _getmany(self, active_partitions: Any, timeout: float) -> Any:
         records = await super()._getmany(active_partitions, timeout)
         if self.fetched is not None:
             self.fetched(records)
         if records and self.transport.direct_restore:
             restore_fetched(self, records)
+        if records:
+            self.changelog_deliveries.fetched(records)
         return records
 
     async def wait_first(self, *coros: Any, timeout: Any = None) -> Any:

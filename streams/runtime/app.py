@@ -101,10 +101,13 @@ def _dispatch_to_gate(app: faust.App, topic: str, processor: Processor) -> None:
                     # aiokafka records: timestamps in milliseconds
                     processor.process(batch, timestamp_scale=0.001, partition=tp.partition)
 
+    deliveries = consumer.changelog_deliveries
+
     async def on_message(message: Any) -> None:
         # records of the topic that still come this way are handled one at a time
         if message.topic != topic:
-            await deliver(message)
+            if deliveries.deliverable(message.tp, message.offset):
+                await deliver(message)
         elif may_process():
             processor.process_one(message)
 

@@ -18,6 +18,7 @@ import pytest
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
+from streams import faust_compat
 from streams.core.policy import load_policy
 from streams.runtime.app import build
 from streams.serde.codec import Codec
@@ -132,5 +133,49 @@ def test_a_changelog_batch_fetched_before_a_recovery_seek_is_not_handed_out_afte
 
         after = await thread._fetch_records(None, set(fetched))
         assert list(after[changelog]) == ["c100", "c101", "c102"]
+
+    asyncio.run(run())
+
+
+def test_a_changelog_record_handed_on_past_dropped_ones_is_held_and_read_again() -> None:
+    """Faust drops fetched records in places where it expects a seek to follow; for a
+    standby partition none did, and the next record applied moved its recovery offset
+    past them (the chaos run 20261203T065101Z: a standby's whole first batch, 548
+    records, fetched 13 ms after its seek and never queued)."""
+    epochs: dict[TP, int] = {}
+    asked: list[tuple[TP, int, int]] = []
+    deliveries = faust_compat.ChangelogDeliveries(
+        lambda: epochs, lambda tp, offset, epoch: asked.append((tp, offset, epoch))
+    )
+    tp = TP("app-ledger-changelog", 5)
+    other = TP("app-consent-changelog", 5)
+
+    def batch(partition: TP, *offsets: int) -> faust_compat.SoughtBatch:
+        return faust_compat.SoughtBatch(
+            [SimpleNamespace(offset=o) for o in offsets], epochs, partition
+        )
+
+    # offset 4 is a transaction marker: a gap between fetched offsets is no drop
+    deliveries.fetched({tp: batch(tp, 0, 1, 2, 3, 5), other: batch(other, 7, 9)})
+    assert deliveries.deliverable(tp, 0) and deliveries.deliverable(tp, 1)
+    assert deliveries.deliverable(other, 7) and deliveries.deliverable(other, 9)
+    assert not deliveries.deliverable(tp, 3), "2 was fetched and never handed on"
+    assert asked == [(tp, 2, 0)]
+    assert not deliveries.deliverable(tp, 5), "the rest of the epoch waits for the new read"
+
+    epochs[tp] = 1  # the new read (GateConsumerThread._reseek)
+    deliveries.fetched({tp: batch(tp, 2, 3, 5, 6)})
+    assert [deliveries.deliverable(tp, o) for o in (2, 3, 5, 6)] == [True] * 4
+    assert asked == [(tp, 2, 0)]
+
+
+def test_the_enforcers_consumer_checks_what_faust_hands_on_of_the_changelogs(
+    tmp_path: Path,
+) -> None:
+    async def run() -> None:
+        settings = Settings(bootstrap_servers="127.0.0.1:1", data_dir=tmp_path)
+        consumer = build(settings, load_policy(), Codec()).app.consumer
+        assert isinstance(consumer.changelog_deliveries, faust_compat.ChangelogDeliveries)
+        assert consumer.changelog_deliveries is consumer.changelog_deliveries
 
     asyncio.run(run())

@@ -28,11 +28,18 @@ def _settings(*argv: str) -> Settings:
     return from_args(parser.parse_args(list(argv)))
 
 
-def test_standby_replicas_default_to_one_and_reach_faust(monkeypatch):
+def test_standby_replicas_are_off_and_refused_unless_allowed_to_measure(monkeypatch):
+    """Faust's standby copies can miss changelog records (docs/operations.md, "Standby
+    replicas and failover"): a takeover restored from one leaked in a long chaos run."""
     monkeypatch.delenv("ENFORCER_STANDBY_REPLICAS", raising=False)
-    assert _settings().standby_replicas == 1
-    assert faust_settings(_settings(), 1)["table_standby_replicas"] == 1
-    assert _settings("--standby-replicas", "0").standby_replicas == 0
+    monkeypatch.delenv("ENFORCER_UNSAFE_STANDBY", raising=False)
+    assert _settings().standby_replicas == 0
+    assert faust_settings(_settings(), 1)["table_standby_replicas"] == 0
+    with pytest.raises(SettingsError, match=r"^--standby-replicas above 0 is refused"):
+        _settings("--standby-replicas", "1")
+    monkeypatch.setenv("ENFORCER_UNSAFE_STANDBY", "1")
+    assert _settings("--standby-replicas", "1").standby_replicas == 1
+    assert faust_settings(_settings("--standby-replicas", "1"), 1)["table_standby_replicas"] == 1
     monkeypatch.setenv("ENFORCER_STANDBY_REPLICAS", "2")
     assert _settings().standby_replicas == 2
     assert _settings("--standby-replicas", "0").standby_replicas == 0  # flag wins

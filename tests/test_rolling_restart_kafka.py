@@ -29,6 +29,7 @@ from tests.chaos.harness import (
     Traffic,
     _decode,
     independent_check,
+    local_state_check,
     oracle,
     read_topic,
     report,
@@ -236,6 +237,7 @@ def test_rolling_restart_under_traffic(kafka_cluster: KafkaCluster, tmp_path: Pa
         if tail is not None:
             tail.close()
         fleet.stop_all()
+    result.update(local_state_check(bootstrap, names, (w.data_dir for w in fleet.all)))
     say(report(result))
     say(f"rolling: final decisions {final}; {time.monotonic() - started:.0f} s in all")
 
@@ -249,3 +251,4 @@ def test_rolling_restart_under_traffic(kafka_cluster: KafkaCluster, tmp_path: Pa
     assert final["final_decision_disagrees_with_training"] == 0, final["examples"]
     assert final["live_without_decision"] == 0, final
     assert result["verify_exit"] == 0, result["verify_output"]
+    assert result["local_state_differs_from_changelog"] == 0, result["local_state_mismatches"]

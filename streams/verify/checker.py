@@ -986,6 +986,15 @@ def _follow(settings: Any, checker: Checker, tail: Tail, interval: float, report
         flush=True,
     )
     passes, worst = 0, 0
+    # stop on SIGINT even when started with it ignored (a shell's background job, nohup),
+    # and on SIGTERM (a pod stopping) the same way
+    import signal
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     try:
         while True:
             tail.catch_up(checker)

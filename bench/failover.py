@@ -140,8 +140,6 @@ class Worker:
             stderr=subprocess.STDOUT,
             cwd=ROOT,
             start_new_session=True,
-            # warm runs measure standby copies, which the worker refuses by default
-            env={**os.environ, "ENFORCER_UNSAFE_STANDBY": "1"},
         )
         log.close()
 

@@ -329,6 +329,21 @@ RELIED_ON: tuple[Relied, ...] = (
         params=("self", "table", "tp", "offsets"),
     ),
     Relied(
+        "faust.tables.recovery:Recovery",
+        "add_standby",
+        "replaced on the app's recovery (take_standbys): the worker's own reader keeps the "
+        "standby copies (runtime/standby.py)",
+        params=("self", "table", "tp"),
+        used_by=("on_rebalance",),
+    ),
+    Relied(
+        "faust.tables.recovery:Recovery",
+        "standby_tps",
+        "left empty (take_standbys): Faust's recovery then never resumes, seeks or reads a "
+        "standby partition",
+        used_by=("__init__", "add_standby", "on_rebalance"),
+    ),
+    Relied(
         "faust.stores.rocksdb:Store",
         "apply_changelog_batch",
         "the direct restore writes a fetched batch with it (message tp, offset, key, value)",
@@ -842,6 +857,16 @@ def keep_changelog_queue_on_resume(app: Any) -> None:
                 queue.clear()
 
     flow.resume = resume
+
+
+def take_standbys(app: Any, add: Callable[[Any, TP], None]) -> None:
+    """Name the app's standby partitions to ``add`` instead of keeping them with
+    Faust's recovery loop (``runtime/standby.py`` says why). Faust's recovery calls
+    ``add_standby(table, tp)`` for each standby partition its assignor gave the worker
+    at every rebalance; replaced on the app's recovery, its ``standby_tps`` stays empty,
+    so it never resumes, seeks or reads those partitions (the consumer pauses every
+    assigned partition at a rebalance, and recovery resumes only what it reads)."""
+    app.tables.recovery.add_standby = add
 
 
 def restore_from_start(table: Any, topic: str, partition: int) -> None:

@@ -201,10 +201,10 @@ class Settings:
     # standby replicas of each table partition, kept warm from the changelog by other
     # workers of the app, so that a failed worker's partitions move to a worker that
     # holds their state already (docs/operations.md, "Standby replicas and failover").
-    # Off: Faust's standby reading can miss changelog records, and a worker taking a
-    # partition over restored from such a copy (a leak in a long chaos run); above 0
-    # only with ENFORCER_UNSAFE_STANDBY=1, to measure or debug them
-    standby_replicas: int = 0
+    # Kept by the worker's own changelog reader (runtime/standby.py), not Faust's
+    # recovery loop, which lost records of standby copies in long chaos runs. Faust
+    # places none on a worker alone, so 1 costs nothing there
+    standby_replicas: int = 1
     # the gate's consumer group session timeout: how long a killed worker's partitions
     # wait before they move (static members never leave the group by themselves); a
     # worker paused for longer (GC, a frozen VM) loses them and is fenced
@@ -380,8 +380,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         "--standby-replicas",
         type=int,
         help="standby copies of each table partition on other workers (0-3; Faust keeps "
-        "at most one per other worker; above 0 only with ENFORCER_UNSAFE_STANDBY=1: "
-        "docs/operations.md) [ENFORCER_STANDBY_REPLICAS, default 0]",
+        "at most one per other worker) [ENFORCER_STANDBY_REPLICAS, default 1]",
     )
     g.add_argument(
         "--session-timeout",
@@ -683,12 +682,6 @@ def validate(s: Settings) -> None:
         )
     if not 0 <= s.standby_replicas <= 3:
         raise SettingsError(f"--standby-replicas must be between 0 and 3, got {s.standby_replicas}")
-    if s.standby_replicas and os.environ.get("ENFORCER_UNSAFE_STANDBY") != "1":
-        raise SettingsError(
-            "--standby-replicas above 0 is refused: Faust's standby copies can miss "
-            "changelog records and a takeover would restore from them (docs/operations.md, "
-            "'Standby replicas and failover'); ENFORCER_UNSAFE_STANDBY=1 allows it to measure"
-        )
     if not 6 <= s.session_timeout_s <= 300:  # the broker's default group session bounds
         raise SettingsError(
             f"--session-timeout must be between 6 and 300 seconds, got {s.session_timeout_s}"

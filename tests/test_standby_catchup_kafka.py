@@ -108,9 +108,6 @@ def examples(ids: set[str] | list[str], n: int = 5) -> list[str]:
 def test_a_standby_caught_up_at_start_is_whole_after_failover(
     env: Deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # standby copies are refused by default (docs/operations.md, "Standby replicas and
-    # failover"); this guards the first of the Faust recovery fixes they needed
-    monkeypatch.setenv("ENFORCER_UNSAFE_STANDBY", "1")
     started = time.monotonic()
     n = env.names
     objectors = [f"obj-{i}" for i in range(USERS + MORE)]
@@ -150,7 +147,11 @@ def test_a_standby_caught_up_at_start_is_whole_after_failover(
     wait_until(f"groups stable with A and B (last seen {admin.last})", both_members, 120)
     a.wait_ready(60)
     b.wait_ready(60)
-    assert "Starting standby partitions" in b.full_log(), b.log()
+    wait_until(
+        "B's standby copies caught up with their changelogs",
+        lambda: "standby copies of" in b.full_log() and "caught up with" in b.full_log(),
+        60,
+    )
     # Faust shows nothing of a standby's progress (no metric, no log line once caught
     # up): B's CPU settling is the sign that it has read the standby's changelog. The
     # records are lost in B's first fetches, before it is ready; a standby not quite

@@ -26,7 +26,7 @@ from streams.core.policy import Policy
 from streams.gate.checkpoint import Checkpoint
 from streams.gate.metrics import Metrics, gate_lags
 from streams.gate.processor import Processor
-from streams.kafka.connection import faust_connection
+from streams.kafka.connection import faust_connection, librdkafka_config
 from streams.kafka.outputs import OutputProducer
 from streams.kafka.topics import (
     DataLossError,
@@ -36,6 +36,7 @@ from streams.kafka.topics import (
     start_offset,
 )
 from streams.rekey.stage import RekeyStage
+from streams.runtime import standby
 from streams.runtime.lookup import install_consent_lookup
 from streams.serde.codec import Codec
 from streams.settings import Settings
@@ -157,6 +158,20 @@ def _fence_before_recovery(
         await restore(assigned, revoked, newly_assigned, generation_id)
 
     tables.on_rebalance = on_rebalance
+
+
+def standby_reader_config(settings: Settings) -> dict[str, Any]:
+    """The standby reader's librdkafka consumer (``runtime/standby.py``): the app's group
+    id, which the worker may read, though it never joins the group or commits; with
+    fencing it reads only committed changelog records, as recovery does."""
+    return librdkafka_config(
+        settings,
+        {
+            "group.id": settings.app_id,
+            "client.id": f"{settings.instance_id}-standby",
+            "isolation.level": "read_committed" if settings.fencing else "read_uncommitted",
+        },
+    )
 
 
 def faust_settings(settings: Settings, replication_factor: int) -> dict[str, Any]:
@@ -422,6 +437,9 @@ def build(
             outputs,
             processor.checkpoint,
         )
+
+    if settings.standby_replicas:  # after every other wrapper of tables.on_rebalance
+        standby.install(app, standby_reader_config(settings))
 
     @app.task
     async def start_rekeying() -> None:

@@ -28,18 +28,13 @@ def _settings(*argv: str) -> Settings:
     return from_args(parser.parse_args(list(argv)))
 
 
-def test_standby_replicas_are_off_and_refused_unless_allowed_to_measure(monkeypatch):
-    """Faust's standby copies can miss changelog records (docs/operations.md, "Standby
-    replicas and failover"): a takeover restored from one leaked in a long chaos run."""
+def test_standby_replicas_default_to_one_and_reach_faust(monkeypatch):
+    """One standby copy of each table partition (a warm failover), kept by the worker's
+    own changelog reader (runtime/standby.py); Faust places none on a worker alone."""
     monkeypatch.delenv("ENFORCER_STANDBY_REPLICAS", raising=False)
-    monkeypatch.delenv("ENFORCER_UNSAFE_STANDBY", raising=False)
-    assert _settings().standby_replicas == 0
-    assert faust_settings(_settings(), 1)["table_standby_replicas"] == 0
-    with pytest.raises(SettingsError, match=r"^--standby-replicas above 0 is refused"):
-        _settings("--standby-replicas", "1")
-    monkeypatch.setenv("ENFORCER_UNSAFE_STANDBY", "1")
-    assert _settings("--standby-replicas", "1").standby_replicas == 1
-    assert faust_settings(_settings("--standby-replicas", "1"), 1)["table_standby_replicas"] == 1
+    assert _settings().standby_replicas == 1
+    assert faust_settings(_settings(), 1)["table_standby_replicas"] == 1
+    assert faust_settings(_settings("--standby-replicas", "0"), 1)["table_standby_replicas"] == 0
     monkeypatch.setenv("ENFORCER_STANDBY_REPLICAS", "2")
     assert _settings().standby_replicas == 2
     assert _settings("--standby-replicas", "0").standby_replicas == 0  # flag wins

@@ -1,5 +1,5 @@
 """A rolling restart under traffic (issue 17, item 6), as a Kubernetes rolling update does
-it: three workers of one app (no standby replicas, fencing on: the defaults) on the
+it: three workers of one app (one standby replica, fencing on: the defaults) on the
 three-node cluster, posts and objections flowing all along; each worker in turn is
 stopped with SIGTERM, started again on its data dir, and the next one is stopped only
 once the restarted worker answers ``/ready``, both consumer groups (the gate's

@@ -21,7 +21,11 @@ step before that ``resume()`` (aiokafka's ``seek_to_committed``) asks the broker
 each assigned partition's committed offset in turn. With 2 partitions the fetch came
 after that resume in 2 of 6 runs instrumented to show it; with 8 (B holds about 20
 partitions) the unfixed code failed in each of 6 runs, 2,079-2,183 records queued at
-that resume in the 3 instrumented."""
+that resume in the 3 instrumented.
+
+Standby copies are now read by the worker's own changelog reader
+(``runtime/standby.py``), not Faust's recovery loop: this test now checks that reader
+on the same scenario (a standby caught up at start, taken over whole)."""
 
 from __future__ import annotations
 

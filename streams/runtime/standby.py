@@ -28,6 +28,7 @@ errors here are logged and retried, never a reason to stop the worker.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -76,13 +77,24 @@ Record = tuple[int, "bytes | None", "bytes | None"]  # offset, key, value
 Assign = Callable[[int, Mapping[TP, int]], None]  # epoch, partition -> first offset
 
 
+def empty_partition(table: Any, tp: TP) -> None:
+    """Delete everything a table partition holds here, its persisted offset too."""
+    from streams import faust_compat
+    from streams.state.ledger import wipe
+
+    db = faust_compat.open_partitions(table).get(tp.partition)
+    if db is not None:
+        wipe(db)
+
+
 class StandbyCopies:
     """The standby copies this worker keeps, on the event loop: Faust's recovery names
     them (``add``, in place of its own ``add_standby``), ``start`` has the reader read
     them from what they persisted, ``apply`` writes what it fetched."""
 
-    def __init__(self, assign: Assign) -> None:
+    def __init__(self, assign: Assign, empty: Callable[[Any, TP], None] | None = None) -> None:
         self.assign = assign
+        self.empty = empty or empty_partition
         self.epoch = 0
         self.copies: dict[TP, Copy] = {}
         self.named: list[tuple[Any, TP]] = []
@@ -117,6 +129,24 @@ class StandbyCopies:
                 ", ".join(f"{t.topic}[{t.partition}]@{c.applied + 1}" for t, c in copies.items()),
             )
 
+    def read_again_from_start(self, epoch: int, tp: TP) -> None:
+        """The changelog no longer has the offset after the one the copy persisted (the
+        topic was deleted and made again, or its log truncated): what the copy holds may
+        not be in the changelog any more, so it is emptied and read from the start."""
+        copy = self.copies.get(tp) if epoch == self.epoch else None
+        if copy is None:
+            return
+        log.warning(
+            "%s[%d]: the changelog has no offset %d any more; the standby copy is emptied "
+            "and read again from the changelog's start",
+            tp.topic,
+            tp.partition,
+            copy.applied + 1,
+        )
+        self.empty(copy.table, tp)
+        self.named = [(c.table, t) for t, c in self.copies.items()]
+        self.start()
+
     def apply(self, epoch: int, batches: Mapping[TP, list[Record]]) -> None:
         """Write a fetched batch to the copies, if it was fetched in this epoch."""
         if epoch != self.epoch:
@@ -141,15 +171,18 @@ class StandbyReader:
         self,
         config: Mapping[str, Any],
         deliver: Callable[[int, dict[TP, list[Record]], Callable[[], None]], None],
+        out_of_range: Callable[[int, TP], None],
     ) -> None:
         self.config = {
             **config,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "enable.partition.eof": True,
-            "auto.offset.reset": "earliest",  # below the log start: from the start
+            # an offset the changelog no longer has is reported, never skipped over
+            "auto.offset.reset": "error",
         }
         self.deliver = deliver
+        self.out_of_range = out_of_range
         self.commands: queue.Queue[tuple[int, dict[TP, int]] | None] = queue.Queue()
         self.in_flight = threading.Semaphore(IN_FLIGHT)
         self.stopping = threading.Event()
@@ -222,6 +255,8 @@ class StandbyReader:
                                         len(assigned),
                                         time.monotonic() - started,
                                     )
+                        elif error.code() == KafkaError._AUTO_OFFSET_RESET:
+                            self.out_of_range(epoch, tp)
                         elif time.monotonic() - errors_logged > 10:
                             errors_logged = time.monotonic()
                             log.warning("standby reader: %s (retried)", error)
@@ -267,7 +302,11 @@ def install(app: Any, config: Mapping[str, Any]) -> StandbyCopies:
         except RuntimeError:  # the loop is closed: the worker is stopping
             done()
 
-    reader = StandbyReader(config, deliver)
+    def out_of_range(epoch: int, tp: TP) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: the worker is stopping
+            loop_box[0].call_soon_threadsafe(copies.read_again_from_start, epoch, tp)
+
+    reader = StandbyReader(config, deliver, out_of_range)
     copies = StandbyCopies(reader.assign)
     faust_compat.take_standbys(app, copies.add)
 

@@ -166,3 +166,23 @@ def test_the_enforcers_recovery_never_reads_a_standby_partition(tmp_path: Path) 
         assert not recovery.standby_tps
 
     asyncio.run(run())
+
+
+def test_a_copy_the_changelog_no_longer_reaches_is_emptied_and_read_from_the_start() -> None:
+    assigned = Assignments()
+    emptied: list[TP] = []
+    table = Table({TP0: 900})
+
+    def empty(t: Table, tp: TP) -> None:
+        emptied.append(tp)
+        t.persisted.pop(tp, None)
+
+    copies = standby.StandbyCopies(assigned, empty)
+    copies.add(table, TP0)
+    copies.start()
+    stale = copies.epoch - 1
+    copies.read_again_from_start(stale, TP0)  # reported in an earlier epoch: nothing
+    assert emptied == []
+    copies.read_again_from_start(copies.epoch, TP0)
+    assert emptied == [TP0]
+    assert assigned[-1] == (copies.epoch, {TP0: 0})

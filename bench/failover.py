@@ -349,7 +349,9 @@ def wait_steady(workers: list[Worker], trickle: Trickle, decisions: Decisions) -
         last = cpu
         recent = first_decisions(trickle, decisions, now - 3.0)
         lag_ok = all(t is not None for t in recent.values())
-        quiet = quiet + 1 if lag_ok and busy < 0.35 else 0
+        # a worker (with its re-keying process) costs 0.2-0.4 of a core at the trickle,
+        # on this 2-core machine with the broker beside it; a standby catching up, a core
+        quiet = quiet + 1 if lag_ok and busy < 0.5 else 0
         if quiet >= 5 and now - started >= 15:
             return {"seconds": round(now - started, 1), "worker_cores_at_end": round(busy, 2)}
     raise RuntimeError("the workers never became steady")

@@ -683,21 +683,22 @@ def direct_restore_enabled() -> bool:
     return os.environ.get("ENFORCER_DIRECT_RESTORE", "0") == "1"
 
 
-class _ChangelogRecord:
-    """A fetched changelog record as Faust's ``Store.apply_changelog_batch`` reads an
-    event: ``event.message.tp``, ``.offset``, ``.partition``, ``.key``, ``.value``."""
+class ChangelogEvent:
+    """A changelog record as Faust's ``Store.apply_changelog_batch`` reads an event:
+    ``event.message.tp``, ``.offset``, ``.partition``, ``.key``, ``.value`` (the direct
+    restore's fetched records and the standby reader's, ``runtime/standby.py``)."""
 
     __slots__ = ("key", "offset", "partition", "tp", "value")
 
-    def __init__(self, tp: TP, record: Any) -> None:
+    def __init__(self, tp: TP, offset: int, key: bytes | None, value: bytes | None) -> None:
         self.tp = tp
         self.partition = tp.partition
-        self.offset = record.offset
-        self.key = record.key
-        self.value = record.value
+        self.offset = offset
+        self.key = key
+        self.value = value
 
     @property
-    def message(self) -> _ChangelogRecord:
+    def message(self) -> ChangelogEvent:
         return self
 
 
@@ -755,7 +756,11 @@ def restore_fetched(consumer: Any, records: dict) -> None:
             recovery._standby_events_received_at[tp] = now
             any_standby = True
         seen = offsets.get(tp)
-        todo = [_ChangelogRecord(tp, r) for r in batch if seen is None or r.offset > seen]
+        todo = [
+            ChangelogEvent(tp, r.offset, r.key, r.value)
+            for r in batch
+            if seen is None or r.offset > seen
+        ]
         if not todo:
             continue
         tables[tp].apply_changelog_batch(todo)

@@ -28,6 +28,7 @@ errors here are logged and retried, never a reason to stop the worker.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import queue
@@ -39,30 +40,16 @@ from typing import Any
 
 from faust.types import TP
 
+from streams import faust_compat
+from streams.faust_compat import ChangelogEvent
+from streams.state.ledger import wipe
+
 log = logging.getLogger(__name__)
 
 # at most this many fetched batches wait for the event loop (the reader then waits)
 IN_FLIGHT = 4
 # records per fetch handed to the event loop at once
 BATCH = 1000
-
-
-class ChangelogEvent:
-    """A changelog record as Faust's ``Store.apply_changelog_batch`` reads an event:
-    ``event.message.tp``, ``.offset``, ``.partition``, ``.key``, ``.value``."""
-
-    __slots__ = ("key", "offset", "partition", "tp", "value")
-
-    def __init__(self, tp: TP, offset: int, key: bytes | None, value: bytes | None) -> None:
-        self.tp = tp
-        self.partition = tp.partition
-        self.offset = offset
-        self.key = key
-        self.value = value
-
-    @property
-    def message(self) -> ChangelogEvent:
-        return self
 
 
 @dataclass
@@ -79,9 +66,6 @@ Assign = Callable[[int, Mapping[TP, int]], None]  # epoch, partition -> first of
 
 def empty_partition(table: Any, tp: TP) -> None:
     """Delete everything a table partition holds here, its persisted offset too."""
-    from streams import faust_compat
-    from streams.state.ledger import wipe
-
     db = faust_compat.open_partitions(table).get(tp.partition)
     if db is not None:
         wipe(db)
@@ -98,7 +82,6 @@ class StandbyCopies:
         self.epoch = 0
         self.copies: dict[TP, Copy] = {}
         self.named: list[tuple[Any, TP]] = []
-        self.applied_records = 0
 
     def add(self, table: Any, tp: TP) -> None:
         """A partition Faust's recovery assigned this worker as a standby."""
@@ -144,6 +127,10 @@ class StandbyCopies:
             copy.applied + 1,
         )
         self.empty(copy.table, tp)
+        self.restart()
+
+    def restart(self) -> None:
+        """Read every copy again from what it persisted, in a new epoch."""
         self.named = [(c.table, t) for t, c in self.copies.items()]
         self.start()
 
@@ -159,7 +146,6 @@ class StandbyCopies:
             if todo:
                 copy.table.apply_changelog_batch(todo)
                 copy.applied = todo[-1].offset
-                self.applied_records += len(todo)
 
 
 class StandbyReader:
@@ -280,8 +266,6 @@ def install(app: Any, config: Mapping[str, Any]) -> StandbyCopies:
     the worker's connection, read_committed with fencing) instead of Faust's recovery
     loop. Call after every other wrapper of ``app.tables.on_rebalance``, so that reading
     stops before any of them runs."""
-    from streams import faust_compat
-
     loop_box: list[Any] = []
 
     def deliver(epoch: int, batches: dict[TP, list[Record]], done: Callable[[], None]) -> None:
@@ -290,10 +274,7 @@ def install(app: Any, config: Mapping[str, Any]) -> StandbyCopies:
                 copies.apply(epoch, batches)
             except Exception:  # a write refused: read again from what was persisted
                 log.exception("standby copies: a batch could not be written; read again")
-                named = [(c.table, tp) for tp, c in copies.copies.items()]
-                copies.stop()
-                copies.named = named
-                copies.start()
+                copies.restart()
             finally:
                 done()
 
@@ -315,8 +296,6 @@ def install(app: Any, config: Mapping[str, Any]) -> StandbyCopies:
     async def on_rebalance(
         assigned: Any, revoked: Any, newly_assigned: Any, generation_id: int = 0
     ) -> None:
-        import asyncio
-
         if not loop_box:
             loop_box.append(asyncio.get_running_loop())
         copies.stop()

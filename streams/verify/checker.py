@@ -45,6 +45,7 @@ have reached them yet). ``Checker`` is incremental: ``--follow`` keeps reading.
 from __future__ import annotations
 
 import json
+import signal
 import struct
 import time
 import tomllib
@@ -986,10 +987,9 @@ def _follow(settings: Any, checker: Checker, tail: Tail, interval: float, report
         flush=True,
     )
     passes, worst = 0, 0
+
     # stop on SIGINT even when started with it ignored (a shell's background job, nohup),
     # and on SIGTERM (a pod stopping) the same way
-    import signal
-
     def stop(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
